@@ -1,0 +1,329 @@
+"""Typed views of the composed Hydra config, checked before anything heavy loads.
+
+YAML under `conf/` is the source of truth; these dataclasses give it types, ranges and
+cross-field rules. `validate(cfg)` turns a composed `DictConfig` into a `RunConfig` or raises
+`ConfigError` naming the key, the bad value and what is valid. This module never imports torch.
+
+Range rules live in field metadata: `gt`/`ge`/`lt`/`le` bounds and `choices`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlhf_exp.errors import ConfigError
+
+
+def _f(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """A dataclass field with range rules (`gt`, `ge`, `lt`, `le`, `choices`) in its metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+# ---------------------------------------------------------------------------------- model
+@dataclass
+class TinySpec:
+    """Shape of the GPT-2-style model built from config when `model.name_or_path` is null."""
+
+    n_layer: int = _f(2, ge=1)
+    n_head: int = _f(4, ge=1)
+    n_embd: int = _f(128, ge=8)
+    n_positions: int = _f(128, ge=16)
+    vocab_size: int = _f(2048, ge=300)  # byte-level BPE needs the 256 bytes plus merges
+
+
+@dataclass
+class ModelSpec:
+    name: str = "tiny"
+    name_or_path: str | None = None  # hub id or local dir; null builds the tiny model
+    dtype: str = _f("float32", choices=["float32", "bfloat16", "float16"])
+    trust_remote_code: bool = False
+    lora_target_modules: list[str] = _f(["c_attn", "c_proj", "c_fc"])
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+
+@dataclass
+class LoraSpec:
+    enabled: bool = False
+    r: int = _f(16, ge=1)
+    alpha: float = _f(32.0, gt=0)
+    dropout: float = _f(0.0, ge=0, lt=1)
+
+
+# -------------------------------------------------------------------------------- dataset
+DATA_SPLITS = ("sft", "sft_eval", "preference", "preference_test", "eval_prompts")
+
+
+@dataclass
+class DatasetSpec:
+    name: str = "sentiment"
+    source: str = _f("embedded", choices=["embedded", "files", "hub"])
+    seed: int = 0
+    # Name of a registered reward function that scores completions against ground truth.
+    gold_reward: str | None = None
+    # Rename map applied before normalising, e.g. {accepted: chosen}.
+    columns: dict[str, str] = _f({})
+    test_fraction: float = _f(0.05, gt=0, lt=1)
+    n_eval_prompts: int = _f(256, ge=1)
+    # embedded generator
+    n_sft: int = _f(20000, ge=1)
+    n_pairs: int = _f(10000, ge=1)
+    min_gold_margin: float = _f(0.1, ge=0, lt=2)
+    # source=files: split name -> path of a .jsonl/.json/.csv/.parquet file
+    data_files: dict[str, str] = _f({})
+    # source=hub: `datasets.load_dataset(hub_name, hub_subset)` and split name -> hub split
+    hub_name: str | None = None
+    hub_subset: str | None = None
+    hub_splits: dict[str, str] = _f({})
+
+
+# -------------------------------------------------------------------------------- methods
+@dataclass
+class TrainSpec:
+    """Knobs every trainer-backed method shares; names follow transformers' TrainingArguments."""
+
+    name: str = ""
+    learning_rate: float = _f(5e-4, gt=0, le=1)
+    num_train_epochs: float = _f(1.0, gt=0)
+    max_steps: int = _f(-1, ge=-1)  # -1: num_train_epochs decides
+    per_device_train_batch_size: int = _f(32, ge=1)
+    per_device_eval_batch_size: int = _f(64, ge=1)
+    gradient_accumulation_steps: int = _f(1, ge=1)
+    max_length: int = _f(128, ge=8)
+    lr_scheduler_type: str = _f(
+        "cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"]
+    )
+    warmup_ratio: float = _f(0.05, ge=0, lt=1)
+    weight_decay: float = _f(0.0, ge=0)
+    max_grad_norm: float = _f(1.0, gt=0)
+    logging_steps: int = _f(10, ge=1)
+    eval_steps: int = _f(100, ge=1)
+    save_steps: int = _f(500, ge=1)  # checkpoint (weights, optimiser, RNG) every N steps
+    max_eval_samples: int = _f(512, ge=1)
+
+
+@dataclass
+class SFTSpec(TrainSpec):
+    name: str = "sft"
+    completion_only_loss: bool = True
+
+
+@dataclass
+class RewardSpec(TrainSpec):
+    name: str = "reward"
+    learning_rate: float = _f(1e-3, gt=0, le=1)
+    center_rewards_coefficient: float | None = _f(None, ge=0)
+
+
+METHOD_SPECS: dict[str, type[TrainSpec]] = {"sft": SFTSpec, "reward": RewardSpec}
+
+
+# ------------------------------------------------------------------------------ run level
+@dataclass
+class StageSource:
+    """Where an upstream stage's artifact comes from: `path`, else the cache (built on a miss)."""
+
+    path: str | None = None
+    overrides: dict[str, Any] = _f({})  # method keys for that stage, e.g. {max_steps: 200}
+
+
+@dataclass
+class UpstreamSpec:
+    seed: int = 0  # upstream stages share one seed so a sweep over seeds reuses them
+    sft: StageSource = field(default_factory=StageSource)
+    reward: StageSource = field(default_factory=StageSource)
+
+
+@dataclass
+class PathsSpec:
+    root_dir: str = "."
+    log_dir: str = "outputs"
+    output_dir: str = "outputs/run"
+    cache_dir: str = "outputs/cache"
+
+
+@dataclass
+class LoggerSpec:
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    seed: int
+    model: ModelSpec
+    dataset: DatasetSpec
+    method: TrainSpec
+    lora: LoraSpec
+    paths: PathsSpec
+    upstream: UpstreamSpec
+    logger: LoggerSpec
+
+
+# ----------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(key, value, "expected " + " or ".join(_type_name(o) for o in options))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, "expected a list")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "expected a mapping")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _coerce(value_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(key, value, f"expected {tp.__name__}")
+    if not isinstance(value, tp):
+        raise ConfigError(key, value, f"expected {tp.__name__}")
+    return value
+
+
+def _check_rules(value: Any, rules: dict[str, Any], key: str) -> None:
+    if value is None:
+        return
+    if "choices" in rules and value not in rules["choices"]:
+        raise ConfigError(key, value, f"choose one of {', '.join(map(str, rules['choices']))}")
+    bounds = {"gt": (">", value.__gt__), "ge": (">=", value.__ge__)}
+    bounds |= {"lt": ("<", value.__lt__), "le": ("<=", value.__le__)}
+    for rule, (symbol, holds) in bounds.items():
+        if rule in rules and holds(rules[rule]) is not True:
+            raise ConfigError(key, value, f"must be {symbol} {rules[rule]}")
+
+
+T = typing.TypeVar("T")
+
+
+def build(cls: type[T], data: Any, prefix: str) -> T:
+    """Build dataclass `cls` from a plain mapping, rejecting unknown keys and bad values."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, data, f"expected a mapping of {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(key, data[unknown[0]], f"unknown key; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(key, None, "missing required key")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], key)
+        _check_rules(kwargs[name], dict(f.metadata), key)
+    return cls(**kwargs)
+
+
+def _cross_checks(run: RunConfig) -> None:
+    """Rules that span fields or groups."""
+    tiny = run.model.tiny
+    if run.model.name_or_path is None and tiny.n_embd % tiny.n_head:
+        raise ConfigError(
+            "model.tiny.n_head", tiny.n_head, f"must divide model.tiny.n_embd={tiny.n_embd}"
+        )
+    if run.model.name_or_path is None and run.method.max_length > tiny.n_positions:
+        raise ConfigError(
+            "method.max_length",
+            run.method.max_length,
+            f"must be <= model.tiny.n_positions={tiny.n_positions}",
+        )
+    if run.lora.enabled and not run.model.lora_target_modules:
+        raise ConfigError("model.lora_target_modules", [], "list the modules LoRA wraps")
+    data = run.dataset
+    if data.source == "files":
+        if not data.data_files:
+            raise ConfigError(
+                "dataset.data_files", {}, f"map at least one of {DATA_SPLITS} to a file"
+            )
+        for split in data.data_files:
+            if split not in DATA_SPLITS:
+                raise ConfigError(
+                    f"dataset.data_files.{split}",
+                    data.data_files[split],
+                    f"unknown split; valid splits: {', '.join(DATA_SPLITS)}",
+                )
+    if data.source == "hub":
+        if not data.hub_name:
+            raise ConfigError(
+                "dataset.hub_name", data.hub_name, "name a hub dataset for source=hub"
+            )
+        if not data.hub_splits:
+            raise ConfigError(
+                "dataset.hub_splits", {}, f"map at least one of {DATA_SPLITS} to a hub split"
+            )
+        for split in data.hub_splits:
+            if split not in DATA_SPLITS:
+                raise ConfigError(
+                    f"dataset.hub_splits.{split}",
+                    data.hub_splits[split],
+                    f"unknown split; valid splits: {', '.join(DATA_SPLITS)}",
+                )
+
+
+def check_paths(run: RunConfig) -> None:
+    """Paths the config names must exist before anything loads (kept out of `validate` so
+    configs can be composed and checked on machines without the data)."""
+    from pathlib import Path
+
+    for split, path in run.dataset.data_files.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"dataset.data_files.{split}", path, "no such file")
+    for stage in ("sft", "reward"):
+        path = getattr(run.upstream, stage).path
+        if path is not None and not Path(path).is_dir():
+            raise ConfigError(f"upstream.{stage}.path", path, "not a directory (a saved model dir)")
+
+
+def method_spec(name: str, data: dict[str, Any], prefix: str = "method") -> TrainSpec:
+    """Typed method config for `name`; an unknown name lists the valid ones."""
+    if name not in METHOD_SPECS:
+        raise ConfigError(f"{prefix}.name", name, f"choose one of {', '.join(METHOD_SPECS)}")
+    return build(METHOD_SPECS[name], data, prefix)
+
+
+def validate(cfg: Any) -> RunConfig:
+    """Typed, checked `RunConfig` from a composed `DictConfig` (or a plain dict)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    data = {k: v for k, v in data.items() if k != "hydra"}
+    method_data = data.get("method")
+    if not isinstance(method_data, dict):
+        raise ConfigError("method", method_data, f"choose one of {', '.join(METHOD_SPECS)}")
+    data["method"] = method_spec(str(method_data.get("name")), method_data)
+    for stage in ("sft", "reward"):  # overrides must be real keys of that stage, in range
+        overrides = ((data.get("upstream") or {}).get(stage) or {}).get("overrides") or {}
+        method_spec(stage, {**overrides, "name": stage}, prefix=f"upstream.{stage}.overrides")
+    run = build(RunConfig, {**data, "method": {}}, "")
+    run.method = data["method"]
+    _cross_checks(run)
+    return run
