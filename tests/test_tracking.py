@@ -1,0 +1,43 @@
+"""Tracker output: TensorBoard scalars readable by TensorBoard's own reader, metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rlhf_exp.tracking import Tracker, summary_table
+
+
+def read_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_scalars_and_metrics_round_trip(tmp_path: Path):
+    tracker = Tracker(tmp_path)
+    tracker.log_scalars({"train/loss": 2.5, "note": "not a number"}, step=1)
+    tracker.log_scalars({"train/loss": 1.5}, step=2)
+    final = tracker.finish({"eval/accuracy": 0.75, "method": "reward"}, step=2)
+
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert scalars["train/loss"] == [(1, 2.5), (2, 1.5)]
+    assert scalars["eval/accuracy"] == [(2, 0.75)]
+    assert "note" not in scalars and "method" not in scalars
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == final and on_disk["eval/accuracy"] == 0.75 and on_disk["time/wall_s"] >= 0
+
+
+def test_tensorboard_off_writes_only_metrics(tmp_path: Path):
+    tracker = Tracker(tmp_path, tensorboard=False)
+    tracker.finish({"eval/loss": 1.0}, step=0)
+    assert not (tmp_path / "tensorboard").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["eval/loss"] == 1.0
+
+
+def test_summary_table_lists_every_metric():
+    table = summary_table("reward finished", {"eval/accuracy": 0.91234, "train/global_step": 40})
+    assert "reward finished" in table
+    assert "eval/accuracy" in table and "0.9123" in table and "40" in table
