@@ -1,0 +1,312 @@
+"""Load a task's datasets from the embedded generator, local files or the hub, then split them.
+
+`load_task(spec, tokenizer, cache_dir)` returns a `TaskData` whose datasets are already
+normalised (see `formats.py`), so methods never look at the source layout:
+
+    sft_train, sft_eval     prompt, completion
+    pref_train, pref_test   prompt, chosen, rejected
+    eval_prompts            prompt, reference
+
+Raw split names, the keys of `dataset.data_files` / `dataset.hub_splits`:
+
+    sft, preference, eval_prompts    the three kinds of rows
+    preference_test, sft_eval        explicit held-out splits (e.g. ultrafeedback's
+                                     test_prefs); without them a seeded split is drawn
+
+Splitting rules: the preference split is grouped by prompt so no prompt is in both train and
+test; SFT rows are split row-wise (a `text`-only corpus has one prompt, ""); without SFT rows,
+SFT data is the preference rows' prompt + chosen; without eval prompts, up to
+`n_eval_prompts` distinct held-out prompts are taken, with chosen as the reference.
+
+Try it:
+
+    python -c "from pathlib import Path; from rlhf_exp.config.schema import DatasetSpec; \
+from rlhf_exp.data import load_task; \
+print(load_task(DatasetSpec(n_sft=50, n_pairs=50, n_eval_prompts=8), None, Path('/tmp/c')))"
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import importlib
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset
+
+from rlhf_exp.artifacts import ArtifactCache
+from rlhf_exp.config.schema import DatasetSpec
+from rlhf_exp.data.formats import (
+    normalize_eval_prompts,
+    normalize_preference,
+    normalize_sft,
+    strip_eos,
+)
+from rlhf_exp.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+RAW_SPLITS = ("sft", "sft_eval", "preference", "preference_test", "eval_prompts")
+# Extension -> `datasets` builder name.
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Spec fields that never reach the embedded generator; everything else keys its cache, so a
+# field the generator starts to read can only cause a rebuild, never stale rows.
+_NOT_GENERATION_FIELDS = {
+    "source",
+    "columns",
+    "data_files",
+    "hub_name",
+    "hub_subset",
+    "hub_splits",
+    "test_fraction",
+}
+
+
+@dataclass
+class TaskData:
+    """A task's normalised datasets; a `None` split is one the source could not provide."""
+
+    sft_train: Dataset | None  # prompt, completion
+    sft_eval: Dataset | None  # prompt, completion
+    pref_train: Dataset | None  # prompt, chosen, rejected
+    pref_test: Dataset | None  # prompt, chosen, rejected
+    eval_prompts: Dataset | None  # prompt, reference
+    gold_reward: str | None  # name of a registered reward function, from the spec
+
+
+# ---------------------------------------------------------------------------- embedded
+EMBEDDED_KIND = "data/sentiment"  # entries live at <cache_dir>/data/sentiment/<hash>/
+
+
+def embedded_cache_key(spec: DatasetSpec, generator_source: bytes = b"") -> dict[str, Any]:
+    """What the generator's output depends on: the spec fields it may read, and its code."""
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_GENERATION_FIELDS}
+    # Hashing the generator's source means an edited generator never reuses old rows.
+    return {"spec": fields, "generator_sha256": hashlib.sha256(generator_source).hexdigest()}
+
+
+def _load_embedded(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
+    """Generator rows, built once per key in the shared artifact cache (atomic, locked)."""
+    # Imported here: the generator is only needed for source=embedded, and a lookup at call
+    # time lets tests substitute it.
+    sentiment = importlib.import_module("rlhf_exp.data.sentiment")
+    source_file = getattr(sentiment, "__file__", None)
+    source = Path(source_file).read_bytes() if source_file else b""
+
+    def build(tmp: Path) -> None:
+        logger.info("generating the embedded sentiment task")
+        rows = sentiment.generate_sentiment_task(spec)
+        splits = {name: Dataset.from_list(r) for name, r in rows.items() if r}
+        datasets.DatasetDict(splits).save_to_disk(str(tmp / "rows"))
+
+    key = embedded_cache_key(spec, source)
+    entry = ArtifactCache(cache_dir).get_or_build(EMBEDDED_KIND, key, build)
+    # In memory: the splits are small, and later `map`s must not write into the entry.
+    return dict(datasets.load_from_disk(str(entry / "rows"), keep_in_memory=True))
+
+
+# ------------------------------------------------------------------------------- files
+def _check_utf8(path: Path, key: str) -> None:
+    """Raise if a text file is not UTF-8 (the json reader would accept it and fail later)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+                offset += len(chunk)
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"{key}={str(path)!r} is not UTF-8 (bad byte near offset "
+                    f"{offset + err.start}); re-save it as UTF-8"
+                ) from None
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{key}={str(path)!r} is not UTF-8 (truncated character at the end)"
+            ) from None
+
+
+def _load_file(split: str, path_str: str, cache_dir: Path) -> Dataset:
+    key = f"dataset.data_files.{split}"
+    path = Path(path_str).expanduser()  # relative to the launch directory; runs never chdir
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(
+            f"{key}={path_str!r} has an unknown extension {path.suffix!r}; "
+            f"use one of {', '.join(FILE_FORMATS)}"
+        )
+    if not path.is_file():
+        raise UserError(f"{key}={path_str!r}: file not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{key}={path_str!r} is empty; dataset split {split!r} needs rows")
+    if fmt != "parquet":
+        _check_utf8(path, key)
+    try:
+        # The `datasets` cache for converted files lives in our cache, not in the home dir.
+        ds = datasets.load_dataset(
+            fmt, data_files=str(path), split="train", cache_dir=str(cache_dir / "hf_datasets")
+        )
+    except Exception as err:  # the readers raise many types; the user needs one line
+        if any(isinstance(e, UnicodeDecodeError) for e in _chain(err)):
+            raise UserError(f"{key}={path_str!r} is not UTF-8; re-save it as UTF-8") from None
+        if "corresponds to no data" in str(err):  # e.g. a CSV with only a header
+            raise UserError(
+                f"{key}={path_str!r} has no rows; dataset split {split!r} needs rows"
+            ) from None
+        raise UserError(
+            f"{key}={path_str!r} could not be read as {fmt}: {_one_line(err, innermost=True)}"
+        ) from None
+    return ds
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+def _one_line(err: BaseException, innermost: bool) -> str:
+    """`Type: first line` of `err`, or of the error at the bottom of its chain."""
+    # File readers wrap the cause in "an error occurred while generating the dataset", so
+    # the innermost error says what is wrong; the hub client's outer error is the clear one
+    # ("Couldn't reach ... on the Hub"), its inner ones are cache-miss details.
+    shown = _chain(err)[-1] if innermost else err
+    text = (str(shown).strip().splitlines() or [""])[0]
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
+
+
+# --------------------------------------------------------------------------------- hub
+def _load_hub(spec: DatasetSpec, split: str, hub_split: str) -> Dataset:
+    try:
+        # The default `datasets` cache (HF_HOME), unlike local files: downloads already made
+        # for other projects are reused, and HF_DATASETS_OFFLINE=1 can serve them offline.
+        return datasets.load_dataset(spec.hub_name, spec.hub_subset, split=hub_split)
+    except Exception as err:  # offline, unknown name or split, auth: one line either way
+        raise UserError(
+            f"could not load dataset {spec.hub_name!r} (subset {spec.hub_subset!r}, split "
+            f"{hub_split!r}) from the hub: {_one_line(err, innermost=False)}; for a local copy set "
+            f"dataset.source=files and dataset.data_files.{split}=<path>"
+        ) from None
+
+
+def _load_raw(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
+    if spec.source == "embedded":
+        return _load_embedded(spec, cache_dir)
+    mapping, key = (
+        (spec.data_files, "dataset.data_files")
+        if spec.source == "files"
+        else (spec.hub_splits, "dataset.hub_splits")
+    )
+    if not mapping:
+        raise UserError(f"{key} is empty; map at least one of {', '.join(RAW_SPLITS)}")
+    for split in mapping:
+        if split not in RAW_SPLITS:
+            raise UserError(
+                f"{key}.{split} is an unknown split; valid splits: {', '.join(RAW_SPLITS)}"
+            )
+    for held_out, base in (("preference_test", "preference"), ("sft_eval", "sft")):
+        if held_out in mapping and base not in mapping:
+            raise UserError(f"{key}.{held_out} is set but {key}.{base} is not; set both")
+    if spec.source == "files":
+        return {split: _load_file(split, path, cache_dir) for split, path in mapping.items()}
+    if spec.source == "hub":
+        return {split: _load_hub(spec, split, name) for split, name in mapping.items()}
+    raise UserError(f"dataset.source={spec.source!r} is invalid: choose embedded, files or hub")
+
+
+# ----------------------------------------------------------------------------- splits
+def _split_by_prompt(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Seeded train/test split of whole prompts, so no prompt lands on both sides.
+
+    `fraction` is the share of distinct prompts held out (at least one, leaving at least one).
+    """
+    prompts = list(ds["prompt"])
+    unique = list(dict.fromkeys(prompts))  # first-seen order, so the seed alone decides
+    if len(unique) < 2:
+        raise UserError(
+            f"dataset split 'preference' has {len(unique)} distinct prompt; a train/test "
+            "split needs at least 2 (or give a preference_test split)"
+        )
+    random.Random(seed).shuffle(unique)
+    n_test = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+    held_out = set(unique[:n_test])
+    test_idx = [i for i, p in enumerate(prompts) if p in held_out]
+    train_idx = [i for i, p in enumerate(prompts) if p not in held_out]
+    return ds.select(train_idx), ds.select(test_idx)
+
+
+def _split_rows(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    if len(ds) < 2:
+        return ds, None
+    n_test = min(len(ds) - 1, max(1, round(fraction * len(ds))))
+    parts = ds.train_test_split(test_size=n_test, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def _as_sft(pref: Dataset) -> Dataset:
+    return pref.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
+
+
+def _eval_from(ds: Dataset, target: str, n: int, tokenizer: Any) -> Dataset:
+    """Up to `n` distinct prompts of `ds`, each with its first `target` as the reference."""
+    first: dict[str, int] = {}
+    for i, prompt in enumerate(ds["prompt"]):
+        first.setdefault(prompt, i)
+        if len(first) == n:
+            break
+    rows = ds.select(list(first.values()))
+    references = [strip_eos(text, tokenizer) for text in rows[target]]
+    return Dataset.from_dict({"prompt": list(rows["prompt"]), "reference": references})
+
+
+def load_task(spec: DatasetSpec, tokenizer: Any, cache_dir: Path) -> TaskData:
+    """Load, normalise and split the task `spec` describes (see the module docstring).
+
+    `tokenizer` renders conversational data (and gains a simple chat template if it has none);
+    string-only data never touches it, so `None` works there. `cache_dir` is the artifact
+    cache root: it holds the embedded task's rows and the `datasets` cache for local files.
+    """
+    raw = _load_raw(spec, Path(cache_dir))
+    cols = spec.columns
+
+    def norm(fn: Any, split: str) -> Dataset | None:
+        return fn(raw[split], tokenizer, cols, split=split) if split in raw else None
+
+    pref, pref_test = norm(normalize_preference, "preference"), None
+    if pref is not None:
+        explicit_test = norm(normalize_preference, "preference_test")
+        pref, pref_test = (
+            (pref, explicit_test)
+            if explicit_test is not None
+            else _split_by_prompt(pref, spec.test_fraction, spec.seed)
+        )
+
+    sft, sft_eval = norm(normalize_sft, "sft"), norm(normalize_sft, "sft_eval")
+    if sft is not None and sft_eval is None:
+        sft, sft_eval = _split_rows(sft, spec.test_fraction, spec.seed)
+    elif sft is None and pref is not None:  # SFT on the preferred answers; test stays held out
+        sft, sft_eval = _as_sft(pref), _as_sft(pref_test)
+
+    evals = norm(normalize_eval_prompts, "eval_prompts")
+    if evals is not None:
+        evals = evals.select(range(min(spec.n_eval_prompts, len(evals))))
+    elif pref_test is not None:
+        evals = _eval_from(pref_test, "chosen", spec.n_eval_prompts, tokenizer)
+    elif sft_eval is not None:
+        evals = _eval_from(sft_eval, "completion", spec.n_eval_prompts, tokenizer)
+
+    task = TaskData(sft, sft_eval, pref, pref_test, evals, spec.gold_reward)
+    sizes = {f.name: len(getattr(task, f.name) or []) for f in dataclasses.fields(task)[:-1]}
+    logger.info("dataset %s (%s): %s", spec.name, spec.source, sizes)
+    return task
