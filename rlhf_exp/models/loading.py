@@ -1,0 +1,305 @@
+"""Load tokenizers, policies and reward models; wrap them with LoRA; save merged checkpoints.
+
+Every model, the tiny one included, goes through `from_pretrained`, so a hub id and a local
+directory behave the same. Failures a user can fix (missing path, no network, unknown LoRA
+targets) become one-line `UserError`s. Try it on a tiny base built by `rlhf_exp.models.tiny`:
+
+    python -c "from rlhf_exp.config.schema import ModelSpec; \
+from rlhf_exp.models.loading import load_causal_lm, count_parameters; \
+print(count_parameters(load_causal_lm('/tmp/tiny', ModelSpec())))"
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import peft
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.pytorch_utils import Conv1D
+
+from rlhf_exp.config.schema import LoraSpec, ModelSpec
+from rlhf_exp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|pad|>"
+TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
+# Layer types peft's LoRA can wrap: what `model.lora_target_modules` may name.
+LINEAR = (nn.Linear, Conv1D)  # Conv1D: GPT-2's transposed linear layer
+LORA_LAYER_TYPES = (*LINEAR, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# "gpt2", "org/model-v1.5": anything else that doesn't exist locally is treated as a missing path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------- loading
+def _resolve(name_or_path: str) -> str:
+    """A local dir (with `~` expanded) as is; a hub id unchanged; anything else is an error."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_like_path or not _HUB_ID.fullmatch(name_or_path):
+        raise UserError(
+            f"model.name_or_path={name_or_path!r} does not exist "
+            "(a local model dir or a hub id like 'gpt2')"
+        )
+    return name_or_path
+
+
+def _cause_chain(err: BaseException) -> list[BaseException]:
+    """`err` and everything it was raised from; transformers wraps hub errors in a plain OSError."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        chain.append(err)
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hub_error(name: str, err: BaseException, is_local: bool) -> UserError:
+    """One-line `UserError` for a failed `from_pretrained(name)`."""
+    if is_local:
+        return UserError(
+            f"could not load model.name_or_path={name!r}: {_first_line(err)} "
+            "(expected a dir written by save_pretrained, with config.json and weights)"
+        )
+    chain = _cause_chain(err)
+
+    def found(*types: type[BaseException]) -> BaseException | None:
+        return next((e for e in chain if isinstance(e, types)), None)
+
+    # Order matters: GatedRepoError is a RepositoryNotFoundError.
+    if found(GatedRepoError):
+        return UserError(
+            f"model {name!r} is gated on the hub: accept its terms on huggingface.co and log in "
+            "(hf auth login), or use a local dir via model.name_or_path=PATH"
+        )
+    if found(RepositoryNotFoundError):
+        return UserError(
+            f"model {name!r} was not found on the hub (no such repository, or it is private); "
+            "use a hub id like 'gpt2' or a local dir via model.name_or_path=PATH"
+        )
+    if found(RevisionNotFoundError):
+        return UserError(f"model {name!r}: revision not found on the hub ({_first_line(err)})")
+    unreachable = (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, TimeoutError)
+    if found(*unreachable) or "couldn't connect" in str(err):
+        if hub_constants.is_offline_mode():
+            reason = "HF_HUB_OFFLINE is set"
+        else:
+            reason = _first_line(chain[-1], limit=80)
+        return UserError(
+            f"could not load model {name!r} from the hub: no network access or not cached "
+            f"({reason}); use a local dir via model.name_or_path=PATH"
+        )
+    return UserError(f"could not load model {name!r} from the hub: {_first_line(err)}")
+
+
+def _from_pretrained(load: Callable[..., T], name_or_path: str, spec: ModelSpec, **kwargs) -> T:
+    """`load(name_or_path, ...)` with user-fixable failures turned into one-line `UserError`s."""
+    source = _resolve(name_or_path)
+    try:
+        return load(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        # Hub and connection errors arrive as OSErrors; a dir without a usable config.json as a
+        # ValueError ("Unrecognized model"), as does a model that needs trust_remote_code.
+        if isinstance(err, ValueError) and "trust_remote_code" in str(err):
+            raise UserError(
+                f"model {name_or_path!r} ships its own code: set model.trust_remote_code=true "
+                "if you trust it"
+            ) from err
+        is_local = Path(source).exists()
+        if isinstance(err, ValueError) and not is_local:
+            raise
+        raise _hub_error(name_or_path, err, is_local=is_local) from err
+
+
+def load_tokenizer(
+    name_or_path: str, spec: ModelSpec, padding_side: str = "right"
+) -> PreTrainedTokenizerBase:
+    """Tokenizer for `name_or_path`, with a pad token distinct from eos.
+
+    Hub GPT-2 and many other causal LMs ship no pad token, and the common fix (pad = eos) makes
+    padding and the real end of a completion indistinguishable, which breaks PPO's masks and a
+    reward model that scores the last non-pad token. So a missing (or eos-aliased) pad becomes a
+    new `<|pad|>` special token; `load_causal_lm` / `load_reward_model` given this tokenizer grow
+    the embeddings to match. The new row is never a training target, so it stays harmless.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r}: choose 'left' or 'right'")
+    tokenizer = _from_pretrained(
+        AutoTokenizer.from_pretrained, name_or_path, spec, padding_side=padding_side
+    )
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None or pad_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        log.info(
+            "tokenizer %r had %s; added %s (id %d) as a distinct pad token",
+            name_or_path,
+            "no pad token" if pad_id is None else "pad == eos",
+            PAD_TOKEN,
+            tokenizer.pad_token_id,
+        )
+    return tokenizer
+
+
+def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> None:
+    """Grow the embeddings to the tokenizer's vocab and copy its pad id into the configs."""
+    if tokenizer is None:
+        return
+    n_embed = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > n_embed:  # never shrink: many models pad their vocab on purpose
+        model.resize_token_embeddings(len(tokenizer))
+        log.info("resized token embeddings %d -> %d to fit the tokenizer", n_embed, len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_causal_lm(
+    name_or_path: str, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None
+) -> PreTrainedModel:
+    """Causal LM in `spec.dtype`; pass the tokenizer from `load_tokenizer` to match its vocab."""
+    model = _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, name_or_path, spec, dtype=getattr(torch, spec.dtype)
+    )
+    _match_tokenizer(model, tokenizer)
+    return model
+
+
+def load_reward_model(
+    name_or_path: str, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None
+) -> PreTrainedModel:
+    """Scalar-head sequence classifier (num_labels=1) with `config.pad_token_id` set.
+
+    The pad id matters: the head scores the last non-pad token of each row. From a causal-LM
+    checkpoint the `score` head starts untrained (transformers reports it as missing).
+    """
+    model = _from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained,
+        name_or_path,
+        spec,
+        num_labels=1,
+        dtype=getattr(torch, spec.dtype),
+    )
+    _match_tokenizer(model, tokenizer)
+    if model.config.pad_token_id is None:
+        raise ValueError(
+            f"{name_or_path!r} has no pad_token_id: pass the tokenizer from load_tokenizer"
+        )
+    return model
+
+
+# --------------------------------------------------------------------------------------- LoRA
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Leaf names of the Linear/Conv1D layers, e.g. ['c_attn', 'c_fc', 'c_proj', 'lm_head'].
+
+    These are the usual LoRA targets; embeddings and convolutions are accepted but not listed.
+    """
+    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LINEAR)}
+    return sorted(leaves)
+
+
+def _matching_modules(model: nn.Module, target: str) -> list[nn.Module]:
+    # peft's rule for a list entry: the full module name equals it or ends with "." + it.
+    return [
+        m
+        for name, m in model.named_modules()
+        if (name == target or name.endswith("." + target)) and isinstance(m, LORA_LAYER_TYPES)
+    ]
+
+
+def lora_config(
+    spec: ModelSpec, lora: LoraSpec, task_type: str, model: nn.Module | None = None
+) -> peft.LoraConfig | None:
+    """peft `LoraConfig` from the model and lora groups; None when LoRA is disabled.
+
+    Given `model`, the targets are checked against it and `fan_in_fan_out` is set for GPT-2's
+    Conv1D layers (peft would otherwise flip it with a warning). For SEQ_CLS peft adds the
+    `score`/`classifier` head to `modules_to_save`, so the freshly initialised head trains fully.
+    """
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type={task_type!r}: choose one of {', '.join(TASK_TYPES)}")
+    if not lora.enabled:
+        return None
+    targets = list(spec.lora_target_modules)  # plain list: peft must not see an OmegaConf list
+    fan_in_fan_out = False
+    if model is not None:
+        matched = {t: _matching_modules(model, t) for t in targets}
+        missing = [t for t, mods in matched.items() if not mods]
+        if missing:
+            raise UserError(
+                f"model.lora_target_modules={targets!r}: {missing!r} not found in the model; "
+                f"linear layers in the model: {', '.join(linear_layer_names(model))}"
+            )
+        layers = [m for mods in matched.values() for m in mods]
+        fan_in_fan_out = all(isinstance(m, Conv1D) for m in layers)
+    return peft.LoraConfig(
+        task_type=task_type,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+    )
+
+
+def apply_lora(
+    model: PreTrainedModel, spec: ModelSpec, lora: LoraSpec, task_type: str
+) -> peft.PeftModel | PreTrainedModel:
+    """`model` wrapped with LoRA adapters (base weights frozen), or unchanged when disabled."""
+    config = lora_config(spec, lora, task_type, model=model)
+    if config is None:
+        return model
+    wrapped = peft.get_peft_model(model, config)
+    trainable, total = count_parameters(wrapped)
+    log.info("LoRA (%s): %d of %d parameters trainable", task_type, trainable, total)
+    return wrapped
+
+
+# ------------------------------------------------------------------------------ saving, counts
+def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Save a plain checkpoint (safetensors) + tokenizer that `from_pretrained` reloads.
+
+    LoRA adapters are merged into the base weights first. The merge happens in place, so the
+    `model` passed in must not be trained further afterwards.
+    """
+    if isinstance(model, peft.PeftModel):
+        model = model.merge_and_unload()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(out_dir)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights count once."""
+    params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return trainable, sum(p.numel() for p in params)
