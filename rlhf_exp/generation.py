@@ -1,0 +1,117 @@
+"""Batched sampling from a causal LM with the KV cache, truncated at the first EOS.
+
+    rollout = generate(model, tokenizer, ["I watched Heat and"], max_new_tokens=24)
+    rollout.texts            # decoded responses, EOS and padding stripped
+
+Prompts are left-padded so every row's response starts at the same column. A response is
+every token up to and including its first EOS; later positions hold PAD and are masked out.
+PAD is never sampled (its logit is suppressed) and is distinct from EOS, so masks built from
+`response_mask` never confuse the two. Sampling is pure temperature sampling (no top-k/top-p
+unless asked), so log-probs recomputed at the same temperature match the sampling policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, R) PAD after the first EOS
+    response_mask: torch.Tensor  # (B, R) 1 on response tokens, the EOS included
+    texts: list[str]  # decoded responses, special tokens stripped
+    ended: torch.Tensor  # (B,) bool: the response contains an EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(B, P + R) prompt and response side by side, for a forward pass."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, eos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids with PAD after the first EOS, mask of kept tokens, whether an EOS occurred)."""
+    is_eos = response_ids == eos_id
+    # tokens strictly after the first EOS: some EOS appears at an earlier position
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    mask = ~after_eos
+    return response_ids.masked_fill(after_eos, pad_id), mask.long(), is_eos.any(dim=1)
+
+
+def _pad_to(t: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
+    pad = t.new_full((t.shape[0], width - t.shape[1]), value)
+    return torch.cat([pad, t] if left else [t, pad], dim=1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 64,
+    max_prompt_length: int | None = None,
+) -> Rollout:
+    """Sample one response per prompt; see the module docstring for the layout."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad_id is None or pad_id == eos_id:
+        raise ValueError(
+            "generation needs a PAD token distinct from EOS (see models.load_tokenizer)"
+        )
+    device = next(model.parameters()).device
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_k=top_k if not greedy else None,
+        top_p=top_p if not greedy else None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        suppress_tokens=[pad_id],
+        use_cache=True,
+    )
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(
+                list(prompts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                truncation=max_prompt_length is not None,
+                max_length=max_prompt_length,
+                add_special_tokens=False,
+            ).to(device)
+            out = model.generate(**enc, generation_config=config)
+            response = out[:, enc["input_ids"].shape[1] :]
+            chunks.append((enc["input_ids"], enc["attention_mask"], response))
+    finally:
+        model.train(was_training)
+
+    width_p = max(c[0].shape[1] for c in chunks)
+    width_r = max(c[2].shape[1] for c in chunks)
+    prompt_ids = torch.cat([_pad_to(c[0], width_p, pad_id, left=True) for c in chunks])
+    prompt_mask = torch.cat([_pad_to(c[1], width_p, 0, left=True) for c in chunks])
+    raw = torch.cat([_pad_to(c[2], width_r, pad_id, left=False) for c in chunks])
+    response_ids, response_mask, ended = truncate_after_eos(raw, eos_id, pad_id)
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts, ended)

@@ -1,0 +1,74 @@
+"""Sampling: EOS truncation, PAD distinct from EOS, left-padded prompts, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from rlhf_exp.generation import generate, truncate_after_eos
+
+
+def test_truncate_after_eos_keeps_first_eos_and_pads_the_rest():
+    eos, pad = 0, 1
+    ids = torch.tensor([[5, 0, 7, 0], [5, 6, 7, 8], [0, 9, 9, 9]])
+    out, mask, ended = truncate_after_eos(ids, eos, pad)
+    assert out.tolist() == [[5, 0, 1, 1], [5, 6, 7, 8], [0, 1, 1, 1]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert ended.tolist() == [True, False, True]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from rlhf_exp.config.schema import TinySpec
+    from rlhf_exp.models.tiny import build_tiny_base
+
+    out = tmp_path_factory.mktemp("tiny")
+    corpus = [f"the film number {i} was fine and then it ended." for i in range(300)]
+    build_tiny_base(TinySpec(n_layer=1, n_embd=32, n_head=2, vocab_size=300), corpus, out)
+    return GPT2LMHeadModel.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+
+
+def test_generate_layout_and_masks(tiny_lm):
+    model, tok = tiny_lm
+    # bias the model towards EOS so some rows end early
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] += 0.5 * model.transformer.wte.weight.mean(0)
+    prompts = ["the film", "the film number 3 was", "it"]
+    torch.manual_seed(0)
+    r = generate(model, tok, prompts, max_new_tokens=12, batch_size=2)
+    assert r.prompt_ids.shape[0] == r.response_ids.shape[0] == 3
+    # left padding: every prompt ends at the last column
+    assert r.prompt_mask[:, -1].tolist() == [1, 1, 1]
+    assert r.prompt_mask[0, 0] == 0  # the short prompt is padded on the left
+    # PAD never inside a response, only after it; EOS only as a response's last token
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    assert ((r.response_ids == pad) == (r.response_mask == 0)).all()
+    for row, mask in zip(r.response_ids, r.response_mask, strict=True):
+        kept = row[mask.bool()].tolist()
+        assert eos not in kept[:-1]
+    assert r.ended.tolist() == [(row == eos).any().item() for row in r.response_ids]
+    assert len(r.texts) == 3 and all("<|pad|>" not in t for t in r.texts)
+
+
+def test_generate_is_seeded_and_greedy_is_deterministic(tiny_lm):
+    model, tok = tiny_lm
+    torch.manual_seed(1)
+    a = generate(model, tok, ["the film"] * 4, max_new_tokens=8)
+    torch.manual_seed(1)
+    b = generate(model, tok, ["the film"] * 4, max_new_tokens=8)
+    assert torch.equal(a.response_ids, b.response_ids)
+    g1 = generate(model, tok, ["the film"] * 2, max_new_tokens=8, greedy=True)
+    g2 = generate(model, tok, ["the film"] * 2, max_new_tokens=8, greedy=True)
+    assert torch.equal(g1.response_ids, g2.response_ids)
+    assert torch.equal(g1.response_ids[0], g1.response_ids[1])
+
+
+def test_generate_rejects_pad_equal_to_eos(tiny_lm):
+    model, tok = tiny_lm
+    tok2 = type(tok).from_pretrained(tok.name_or_path)
+    tok2.pad_token = tok2.eos_token
+    with pytest.raises(ValueError, match="PAD token distinct from EOS"):
+        generate(model, tok2, ["x"], max_new_tokens=2)
