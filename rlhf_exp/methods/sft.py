@@ -1,0 +1,71 @@
+"""Supervised fine-tuning of the policy on the dataset's demonstrations (TRL `SFTTrainer`).
+
+    python run.py method=sft                 # tiny model, embedded sentiment task
+    python run.py method=sft lora=default    # LoRA adapters, merged into the saved policy
+
+The loss covers completion tokens only (prompt tokens are masked), and the saved policy is
+a plain model dir (LoRA merged) that later stages load with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trl import SFTConfig, SFTTrainer
+
+from rlhf_exp.config.schema import RunConfig, SFTSpec
+from rlhf_exp.errors import UserError
+from rlhf_exp.methods import register
+from rlhf_exp.models import (
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    lora_config,
+    save_merged,
+)
+from rlhf_exp.runner import RunContext
+from rlhf_exp.training import eval_subset, trainer_args
+
+log = logging.getLogger(__name__)
+
+
+@register("sft")
+def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
+    spec: SFTSpec = cfg.method  # type: ignore[assignment]
+    base = ctx.base_model()
+    tokenizer = load_tokenizer(base, cfg.model)
+    model = load_causal_lm(base, cfg.model, tokenizer=tokenizer)
+    task = ctx.task(tokenizer)
+    if task.sft_train is None or len(task.sft_train) == 0:
+        raise UserError(f"dataset {cfg.dataset.name!r} has no sft rows to fine-tune on")
+
+    args = SFTConfig(
+        **trainer_args(spec, ctx),
+        max_length=spec.max_length,
+        completion_only_loss=spec.completion_only_loss,
+        packing=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=task.sft_train,
+        eval_dataset=eval_subset(task.sft_eval, spec),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.model, cfg.lora, "CAUSAL_LM", model=model),
+        callbacks=ctx.tracker.trainer_callbacks(),
+    )
+    trainable, total = count_parameters(trainer.model)
+    log.info("sft: %d of %d parameters trainable", trainable, total)
+    loss_before = trainer.evaluate()["eval_loss"]
+    result = trainer.train()
+    loss_after = trainer.evaluate()["eval_loss"]
+    save_merged(trainer.model, tokenizer, ctx.model_dir)
+    return {
+        "train/loss": result.training_loss,
+        "eval/loss_initial": loss_before,
+        "eval/loss": loss_after,
+        "train/global_step": trainer.state.global_step,
+        "model/trainable_params": trainable,
+        "model/total_params": total,
+    }

@@ -1,0 +1,163 @@
+"""One run, start to finish: validate, resolve upstream stages, dispatch, record, summarise.
+
+`main(cfg)` is what `run.py` calls with the composed Hydra config. Everything a method needs
+from the outside world comes through its `RunContext`: the run dir, the artifact cache, the
+tracker, the starting model and the outputs of upstream stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree
+from rlhf_exp.config.schema import DatasetSpec, RunConfig, check_paths, method_spec, validate
+from rlhf_exp.errors import UserError
+from rlhf_exp.tracking import Tracker, summary_table
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Bump when the tiny model builder changes, so cached tiny bases are rebuilt.
+TINY_BUILDER_VERSION = 1
+
+
+@dataclass
+class RunContext:
+    run: RunConfig
+    run_dir: Path
+    cache: ArtifactCache
+    tracker: Tracker
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the method saves its final model (safetensors + tokenizer)."""
+        return self.run_dir / "model"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def base_model(self) -> str:
+        """The pretrained starting point: a hub id or local dir, or the tiny model (cached)."""
+        spec = self.run.model
+        if spec.name_or_path is not None:
+            return spec.name_or_path
+        corpus_spec = DatasetSpec()  # the tokenizer always learns the embedded task's text
+        key = {"tiny": asdict(spec.tiny), "corpus": asdict(corpus_spec)}
+        key["builder_version"] = TINY_BUILDER_VERSION
+
+        def build(out: Path) -> None:
+            from rlhf_exp.data.sentiment import corpus_texts, generate_sentiment_task
+            from rlhf_exp.models.tiny import build_tiny_base
+
+            texts = corpus_texts(generate_sentiment_task(corpus_spec))
+            build_tiny_base(spec.tiny, texts, out / "model")
+
+        return str(self.cache.get_or_build("base", key, build) / "model")
+
+    def task(self, tokenizer: Any) -> Any:
+        """The dataset's normalised splits (`rlhf_exp.data.TaskData`)."""
+        from rlhf_exp.data import load_task
+
+        return load_task(self.run.dataset, tokenizer, self.cache.root)
+
+    def upstream(self, stage: str) -> Path:
+        """Model dir of an upstream stage: the user's explicit path, else the cache."""
+        source = getattr(self.run.upstream, stage)
+        if source.path is not None:
+            return Path(source.path)
+        child = upstream_run(self.run, stage)
+        entry = self.cache.get_or_build(
+            stage, stage_key(child), lambda tmp: execute(child, tmp, self.cache)
+        )
+        return entry / "model"
+
+
+def upstream_run(run: RunConfig, stage: str) -> RunConfig:
+    """The config of upstream `stage` for `run`: same model, data and LoRA; its own method."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / f"{stage}.yaml"))
+    overrides = getattr(run.upstream, stage).overrides
+    spec = method_spec(stage, {**defaults, **overrides}, prefix=f"upstream.{stage}.overrides")
+    return dataclasses.replace(run, method=spec, seed=run.upstream.seed)
+
+
+def stage_key(run: RunConfig) -> dict[str, Any]:
+    """Everything that decides a stage's output; the cache key of that output."""
+    from rlhf_exp.methods import get_method
+
+    upstream = {}
+    for stage in get_method(run.method.name).needs:
+        path = getattr(run.upstream, stage).path
+        upstream[stage] = (
+            {"path": str(Path(path).resolve())} if path else stage_key(upstream_run(run, stage))
+        )
+    return {
+        "method": asdict(run.method),
+        "model": asdict(run.model),
+        "dataset": asdict(run.dataset),
+        "lora": asdict(run.lora),
+        "seed": run.seed,
+        "upstream": upstream,
+    }
+
+
+def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
+    """Run `run.method` in `run_dir`; returns its final metrics (also in `metrics.json`)."""
+    from transformers import set_seed
+
+    from rlhf_exp.methods import get_method
+
+    method = get_method(run.method.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("%s: starting in %s", run.method.name, run_dir)
+    set_seed(run.seed)
+    ctx = RunContext(run, run_dir, cache, Tracker(run_dir, run.logger.tensorboard))
+    try:
+        metrics = method.run(run, ctx)
+        step = int(metrics.get("train/global_step", 0))
+        return ctx.tracker.finish({"method": run.method.name, **metrics}, step)
+    finally:
+        ctx.tracker.close()
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point for `run.py`: a user error becomes one line on stderr and exit code 2."""
+    try:
+        run = validate(cfg)
+        check_paths(run)
+        from rlhf_exp.methods import get_method
+
+        method = get_method(run.method.name)
+        run_dir = Path(run.paths.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            run_dir / "config.yaml",
+            OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True),
+        )
+        cache = ArtifactCache(Path(run.paths.cache_dir))
+        metrics = execute(run, run_dir, cache)
+        if method.produces_model:
+            _publish(cache, run, run_dir)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    log.info("\n%s", summary_table(f"{run.method.name} finished: {run_dir}", metrics))
+    return metrics.get("objective")
+
+
+def _publish(cache: ArtifactCache, run: RunConfig, run_dir: Path) -> None:
+    """Store the run's model in the cache so later runs that need this stage reuse it."""
+
+    def build(tmp: Path) -> None:
+        copy_tree(run_dir / "model", tmp / "model")
+        shutil.copy2(run_dir / "metrics.json", tmp / "metrics.json")
+
+    cache.get_or_build(run.method.name, stage_key(run), build)

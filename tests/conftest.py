@@ -1,0 +1,52 @@
+"""Shared fixtures: compose real configs from conf/ with outputs pointed at tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from rlhf_exp.runner import CONF_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_config(overrides: list[str], root: Path) -> DictConfig:
+    """The composed config of `python run.py <overrides>`, with every path under `root`."""
+    paths = [f"paths.root_dir={root}", f"paths.output_dir={root}/run"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*paths, *overrides])
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    return lambda *overrides: compose_config(list(overrides), tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact cache for the method tests: the tiny base and fast SFT policy build once.
+
+    Tests that check the cache's own behaviour use a fresh one instead.
+    """
+    return tmp_path_factory.mktemp("shared") / "cache"
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a subprocess, as a user would run it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,27 @@
+"""Run a method for real (tiny model, `debug=fast`) and hand back its metrics and run dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlhf_exp.artifacts import ArtifactCache
+from rlhf_exp.config.schema import RunConfig, validate
+from rlhf_exp.runner import execute
+
+
+@pytest.fixture
+def run_method(compose_cfg, shared_cache: Path, tmp_path: Path) -> Callable[..., Any]:
+    """`run_method("method=sft", ...)` -> (metrics, run_dir, run, cache) on the shared cache."""
+
+    def run(*overrides: str) -> tuple[dict[str, Any], Path, RunConfig, ArtifactCache]:
+        cfg = compose_cfg("debug=fast", f"paths.cache_dir={shared_cache}", *overrides)
+        config = validate(cfg)
+        cache = ArtifactCache(shared_cache)
+        run_dir = tmp_path / "run"
+        return execute(config, run_dir, cache), run_dir, config, cache
+
+    return run

@@ -1,0 +1,48 @@
+"""SFT on the embedded task: eval loss falls; LoRA touches only the adapted weights."""
+
+from __future__ import annotations
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+from rlhf_exp.runner import RunContext
+from rlhf_exp.tracking import Tracker
+from tests.methods.weights import changed_tensors, load_weights
+
+pytestmark = __import__("pytest").mark.slow
+
+
+def test_sft_lowers_eval_loss_and_logs(run_method):
+    metrics, run_dir, _, _ = run_method("method=sft")
+    # Measured on the fast preset: 7.46 -> 4.55 (x0.61) after 40 steps; asserts x0.8.
+    assert metrics["eval/loss"] < 0.8 * metrics["eval/loss_initial"]
+    assert metrics["train/global_step"] == 40
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "eval/loss", "eval/loss_initial"} <= tags
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    assert losses[-1] < losses[0]
+
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert not list((run_dir / "model").glob("*.bin"))
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert model.config.pad_token_id != model.config.eos_token_id
+
+
+def test_sft_lora_changes_only_adapted_weights(run_method):
+    metrics, run_dir, run, cache = run_method("method=sft", "lora=default")
+    assert metrics["model/trainable_params"] < metrics["model/total_params"] / 2
+    assert metrics["eval/loss"] < metrics["eval/loss_initial"]
+
+    base_dir = RunContext(run, run_dir, cache, Tracker(run_dir, tensorboard=False)).base_model()
+    base, tuned = load_weights(base_dir), load_weights(run_dir / "model")
+    assert set(base) == set(tuned)  # merged: no adapter tensors left in the saved policy
+    adapted = {
+        name
+        for name in base
+        if name.endswith(".weight") and name.split(".")[-2] in run.model.lora_target_modules
+    }
+    assert adapted, "the tiny model should have LoRA targets"
+    assert changed_tensors(base, tuned) == adapted

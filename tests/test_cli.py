@@ -1,0 +1,65 @@
+"""`run.py` as a user drives it: help, printed config, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_help_lists_groups_and_options():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for line in ["method: reward, sft", "lora: default, none", "debug: fast", "dataset: files"]:
+        assert line in result.stdout
+
+
+def test_cfg_job_prints_composed_config():
+    result = run_cli("--cfg", "job", "method=sft", "lora=default")
+    assert result.returncode == 0
+    assert "name: sft" in result.stdout and "enabled: true" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["method.learning_rate=-1"], "method.learning_rate=-1.0 is invalid: must be > 0"),
+        (
+            ["dataset=files", "+dataset.data_files.preference=/nonexistent/pairs.jsonl"],
+            "dataset.data_files.preference='/nonexistent/pairs.jsonl' is invalid: no such file",
+        ),
+        (["lora=default", "lora.dropout=2"], "lora.dropout=2.0 is invalid: must be < 1"),
+    ],
+)
+def test_bad_value_is_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str):
+    result = run_cli(f"paths.root_dir={tmp_path}", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: {expected}"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "outputs" / "cache").exists()  # nothing was built or cached
+
+
+def test_unknown_method_lists_valid_names(tmp_path: Path):
+    result = run_cli(f"paths.root_dir={tmp_path}", "method=ppx")
+    assert result.returncode != 0
+    assert "ppx" in result.stderr and "reward" in result.stderr and "sft" in result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_sweep_runs_each_method_in_a_named_dir(tmp_path: Path):
+    result = run_cli("-m", "method=sft,reward", "debug=fast", f"paths.root_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    jobs = {
+        p.name: json.loads((p / "metrics.json").read_text())
+        for p in sweep.iterdir()
+        if (p / "metrics.json").exists()
+    }
+    assert set(jobs) == {"method=sft", "method=reward"}
+    assert jobs["method=sft"]["eval/loss"] < jobs["method=sft"]["eval/loss_initial"]
+    assert jobs["method=reward"]["eval/accuracy"] > 0.7
+    # the reward job reused the policy the sft job stored instead of training its own
+    assert result.stdout.count("/cache/sft/") == 1
