@@ -64,3 +64,43 @@ def score_samples(
     out["length_mean"] = statistics.fmean(samples.lengths)
     out["eos_fraction"] = statistics.fmean(float(e) for e in samples.ended)
     return out
+
+
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    eval_prompts: Any,
+    eval_spec: Any,
+    *,
+    seed: int,
+    gold_reward: str | None,
+    extra_scorers: dict[str, Callable[[list[str], list[str]], list[float]]] | None = None,
+    prefix: str = "eval",
+) -> tuple[dict[str, float], Samples]:
+    """Sample completions for the held-out prompts and score them; the shared end-of-run step.
+
+    Returns (`{f"{prefix}/gold_reward": ..., f"{prefix}/length_mean": ..., ...}`, samples).
+    Sampling is seeded with `seed` so a policy and its reference draw from the same RNG stream.
+    `eval_spec` is the run's `EvalSpec`; `gold_reward` a registered reward name or None.
+    """
+    import torch
+
+    from rlhf_exp.rewards import get_reward
+
+    prompts = list(eval_prompts["prompt"])[: eval_spec.num_prompts or None]
+    scorers = dict(extra_scorers or {})
+    if gold_reward is not None:
+        scorers["gold_reward"] = get_reward(gold_reward)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        samples = sample_policy(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=eval_spec.max_new_tokens,
+            temperature=eval_spec.temperature,
+            greedy=eval_spec.greedy,
+            batch_size=eval_spec.batch_size,
+        )
+    scores = score_samples(samples, scorers)
+    return {f"{prefix}/{k}": v for k, v in scores.items()}, samples

@@ -50,3 +50,17 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A one-layer tiny LM and its tokenizer (pad distinct from eos), built offline."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from rlhf_exp.config.schema import TinySpec
+    from rlhf_exp.models.tiny import build_tiny_base
+
+    out = tmp_path_factory.mktemp("tiny")
+    corpus = [f"the film number {i} was fine and then it ended." for i in range(300)]
+    build_tiny_base(TinySpec(n_layer=1, n_embd=32, n_head=2, vocab_size=300), corpus, out)
+    return GPT2LMHeadModel.from_pretrained(out), AutoTokenizer.from_pretrained(out)

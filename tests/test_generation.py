@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
 
 from rlhf_exp.generation import generate, truncate_after_eos
 
@@ -18,21 +19,8 @@ def test_truncate_after_eos_keeps_first_eos_and_pads_the_rest():
     assert ended.tolist() == [True, False, True]
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from rlhf_exp.config.schema import TinySpec
-    from rlhf_exp.models.tiny import build_tiny_base
-
-    out = tmp_path_factory.mktemp("tiny")
-    corpus = [f"the film number {i} was fine and then it ended." for i in range(300)]
-    build_tiny_base(TinySpec(n_layer=1, n_embd=32, n_head=2, vocab_size=300), corpus, out)
-    return GPT2LMHeadModel.from_pretrained(out), AutoTokenizer.from_pretrained(out)
-
-
 def test_generate_layout_and_masks(tiny_lm):
-    model, tok = tiny_lm
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
     # bias the model towards EOS so some rows end early
     with torch.no_grad():
         model.lm_head.weight[tok.eos_token_id] += 0.5 * model.transformer.wte.weight.mean(0)

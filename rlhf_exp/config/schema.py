@@ -120,7 +120,24 @@ class RewardSpec(TrainSpec):
     center_rewards_coefficient: float | None = _f(None, ge=0)
 
 
-METHOD_SPECS: dict[str, type[TrainSpec]] = {"sft": SFTSpec, "reward": RewardSpec}
+def _method_specs() -> dict[str, type[TrainSpec]]:
+    # Methods with many knobs keep their schema in their own module (config/<method>.py),
+    # imported here lazily because those modules import TrainSpec from this one.
+    from rlhf_exp.config.dpo import DPOSpec
+    from rlhf_exp.config.ppo import PPOSpec
+
+    return {"sft": SFTSpec, "reward": RewardSpec, "dpo": DPOSpec, "ppo": PPOSpec}
+
+
+@dataclass
+class EvalSpec:
+    """End-of-run evaluation on the held-out prompts, shared by every policy method."""
+
+    max_new_tokens: int = _f(24, ge=1)
+    temperature: float = _f(1.0, gt=0)
+    greedy: bool = False
+    batch_size: int = _f(64, ge=1)
+    num_prompts: int | None = _f(None, ge=1)  # null: every held-out prompt
 
 
 # ------------------------------------------------------------------------------ run level
@@ -162,6 +179,7 @@ class RunConfig:
     paths: PathsSpec
     upstream: UpstreamSpec
     logger: LoggerSpec
+    eval: EvalSpec = field(default_factory=EvalSpec)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -305,9 +323,10 @@ def check_paths(run: RunConfig) -> None:
 
 def method_spec(name: str, data: dict[str, Any], prefix: str = "method") -> TrainSpec:
     """Typed method config for `name`; an unknown name lists the valid ones."""
-    if name not in METHOD_SPECS:
-        raise ConfigError(f"{prefix}.name", name, f"choose one of {', '.join(METHOD_SPECS)}")
-    return build(METHOD_SPECS[name], data, prefix)
+    specs = _method_specs()
+    if name not in specs:
+        raise ConfigError(f"{prefix}.name", name, f"choose one of {', '.join(specs)}")
+    return build(specs[name], data, prefix)
 
 
 def validate(cfg: Any) -> RunConfig:
@@ -318,7 +337,7 @@ def validate(cfg: Any) -> RunConfig:
     data = {k: v for k, v in data.items() if k != "hydra"}
     method_data = data.get("method")
     if not isinstance(method_data, dict):
-        raise ConfigError("method", method_data, f"choose one of {', '.join(METHOD_SPECS)}")
+        raise ConfigError("method", method_data, f"choose one of {', '.join(_method_specs())}")
     data["method"] = method_spec(str(method_data.get("name")), method_data)
     for stage in ("sft", "reward"):  # overrides must be real keys of that stage, in range
         overrides = ((data.get("upstream") or {}).get(stage) or {}).get("overrides") or {}
