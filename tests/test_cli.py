@@ -63,3 +63,19 @@ def test_multirun_sweep_runs_each_method_in_a_named_dir(tmp_path: Path):
     assert jobs["method=reward"]["eval/accuracy"] > 0.7
     # the reward job reused the policy the sft job stored instead of training its own
     assert result.stdout.count("/cache/sft/") == 1
+
+
+def test_missing_columns_name_found_and_expected(tmp_path: Path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"question": "Is it good?", "answer": "Yes."}\n' * 3)
+    result = run_cli(
+        f"paths.root_dir={tmp_path}",
+        "method=sft",
+        "dataset=files",
+        f"+dataset.data_files.preference={pairs}",
+    )
+    assert result.returncode == 2
+    # progress bars of the loading that ran before the error also go to stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert result.stderr.strip().endswith(line) and "[question, answer]" in line and "chosen" in line
+    assert "Traceback" not in result.stdout + result.stderr
