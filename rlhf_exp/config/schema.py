@@ -278,33 +278,23 @@ def _cross_checks(run: RunConfig) -> None:
         raise ConfigError("model.lora_target_modules", [], "list the modules LoRA wraps")
     data = run.dataset
     if data.source == "files":
-        if not data.data_files:
-            raise ConfigError(
-                "dataset.data_files", {}, f"map at least one of {DATA_SPLITS} to a file"
-            )
-        for split in data.data_files:
-            if split not in DATA_SPLITS:
-                raise ConfigError(
-                    f"dataset.data_files.{split}",
-                    data.data_files[split],
-                    f"unknown split; valid splits: {', '.join(DATA_SPLITS)}",
-                )
+        _check_split_map("dataset.data_files", data.data_files, "a file")
     if data.source == "hub":
         if not data.hub_name:
             raise ConfigError(
                 "dataset.hub_name", data.hub_name, "name a hub dataset for source=hub"
             )
-        if not data.hub_splits:
+        _check_split_map("dataset.hub_splits", data.hub_splits, "a hub split")
+
+
+def _check_split_map(key: str, mapping: dict[str, str], target: str) -> None:
+    if not mapping:
+        raise ConfigError(key, {}, f"map at least one of {', '.join(DATA_SPLITS)} to {target}")
+    for split, value in mapping.items():
+        if split not in DATA_SPLITS:
             raise ConfigError(
-                "dataset.hub_splits", {}, f"map at least one of {DATA_SPLITS} to a hub split"
+                f"{key}.{split}", value, f"unknown split; valid: {', '.join(DATA_SPLITS)}"
             )
-        for split in data.hub_splits:
-            if split not in DATA_SPLITS:
-                raise ConfigError(
-                    f"dataset.hub_splits.{split}",
-                    data.hub_splits[split],
-                    f"unknown split; valid splits: {', '.join(DATA_SPLITS)}",
-                )
 
 
 def check_paths(run: RunConfig) -> None:
