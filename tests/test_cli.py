@@ -62,7 +62,8 @@ def test_multirun_sweep_runs_each_method_in_a_named_dir(tmp_path: Path):
     assert jobs["method=sft"]["eval/loss"] < jobs["method=sft"]["eval/loss_initial"]
     assert jobs["method=reward"]["eval/accuracy"] > 0.7
     # the reward job reused the policy the sft job stored instead of training its own
-    assert result.stdout.count("/cache/sft/") == 1
+    stores = [ln for ln in result.stdout.splitlines() if "cache: stored" in ln]
+    assert sum("/cache/sft/" in ln for ln in stores) == 1, stores
 
 
 def test_missing_columns_name_found_and_expected(tmp_path: Path):
