@@ -62,6 +62,8 @@ def test_multirun_sweep_runs_each_method_in_a_named_dir(tmp_path: Path):
     assert jobs["method=sft"]["eval/loss"] < jobs["method=sft"]["eval/loss_initial"]
     assert jobs["method=reward"]["eval/accuracy"] > 0.7
     # the reward job reused the policy the sft job stored instead of training its own
+    report = (sweep / "comparison.md").read_text()  # written by the multirun callback
+    assert "2 runs, 0 failed" in report and "| method=sft |" in report
     stores = [ln for ln in result.stdout.splitlines() if "cache: stored" in ln]
     assert sum("/cache/sft/" in ln for ln in stores) == 1, stores
 

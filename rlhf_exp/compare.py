@@ -1,0 +1,312 @@
+"""The comparison report of a sweep: a markdown table and plots built from finished job dirs.
+
+    python -m rlhf_exp.compare outputs/multiruns/2026-11-23/20-00-00
+
+Reads files only (each job's `.hydra/overrides.yaml`, `metrics.json`, `run.log` and
+TensorBoard events), never models, so it also rebuilds the report of a sweep that partly
+failed: a job without a `metrics.json`, or whose metrics say `status: failed`, is listed as
+failed with the last error line of its log. A method's knob is whichever `method.*` keys
+the job's overrides set (DPO's `method.beta`, PPO's `method.kl_coef`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger(__name__)
+
+# (metrics.json key, column title); the interval columns are added next to gold reward.
+COLUMNS = [
+    ("eval/gold_reward", "gold reward"),
+    ("eval/kl", "KL"),
+    ("eval/rm_reward", "RM score"),
+    ("eval/bleu", "BLEU"),
+    ("eval/win_rate_gold", "win rate (gold)"),
+    ("eval/length_mean", "length"),
+    ("time/wall_s", "wall s"),
+    ("memory/peak_rss_mb", "peak MB"),
+]
+CURVE_TAGS = ["objective/scores", "objective/kl", "train/loss", "eval/gold_reward"]
+
+
+@dataclass
+class Job:
+    name: str  # the job dir's name: its overrides
+    path: Path
+    overrides: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # set when the job failed
+
+    @property
+    def method(self) -> str:
+        return str(self.metrics.get("method") or self.overrides.get("method", "?"))
+
+    @property
+    def seed(self) -> str:
+        return self.overrides.get("seed", "0")
+
+
+def _last_error(job_dir: Path) -> str:
+    logs = sorted(job_dir.glob("*.log"))
+    lines = [ln for p in logs for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or ["no metrics.json and no log"])[-1].strip()[:200]
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job dir of the sweep (a dir with `.hydra/overrides.yaml`), finished or not."""
+    jobs = []
+    for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        items = yaml.safe_load(overrides_file.read_text()) or []
+        overrides = dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
+        job = Job(job_dir.name, job_dir, overrides)
+        metrics_file = job_dir / "metrics.json"
+        if metrics_file.is_file():
+            job.metrics = json.loads(metrics_file.read_text())
+            if job.metrics.get("status") == "failed":
+                job.error = str(job.metrics.get("error", "failed"))
+        else:
+            job.error = _last_error(job_dir)
+        jobs.append(job)
+    return jobs
+
+
+def knob_of(job: Job) -> str:
+    """`key=value` of the method keys this job's overrides set ("-" when none)."""
+    keys = sorted(k for k in job.overrides if k.startswith("method."))
+    return ",".join(f"{k.removeprefix('method.')}={job.overrides[k]}" for k in keys) or "-"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _gold_cell(metrics: dict[str, Any]) -> str:
+    mean, lo, hi = (metrics.get(f"eval/gold_reward{s}") for s in ("", "_ci_low", "_ci_high"))
+    if mean is None:
+        return ""
+    return (
+        f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{mean:.3f}"
+    )
+
+
+def markdown_table(jobs: list[Job]) -> str:
+    """One row per job, then one aggregated row (mean ± std over seeds) per method + knob."""
+    head = ["run", "method", "knob", "seed", "gold reward [95% CI]"]
+    head += [title for key, title in COLUMNS if key != "eval/gold_reward"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
+    for job in sorted(jobs, key=lambda j: (j.method, knob_of(j), j.seed)):
+        knob = knob_of(job)
+        if job.error is not None:
+            cells = [job.name, job.method, knob, job.seed, f"**failed**: {job.error}"]
+            cells += [""] * (len(head) - len(cells))
+        else:
+            groups[(job.method, knob)].append(job)
+            cells = [job.name, job.method, knob, job.seed, _gold_cell(job.metrics)]
+            cells += [_fmt(job.metrics.get(key)) for key, _ in COLUMNS if key != "eval/gold_reward"]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+
+    agg = ["| method | knob | seeds | " + " | ".join(t for _, t in COLUMNS) + " |"]
+    agg.append("|" + "---|" * (3 + len(COLUMNS)))
+    for (method, knob), members in sorted(groups.items()):
+        cells = [method, knob, str(len(members))]
+        for key, _ in COLUMNS:
+            vals = [j.metrics[key] for j in members if isinstance(j.metrics.get(key), (int, float))]
+            std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.fmean(vals):.4g} ± {std:.2g}" if vals else "")
+        agg.append("| " + " | ".join(cells) + " |")
+    return "\n".join(["## Runs", "", *lines, "", "## Mean ± std over seeds", "", *agg])
+
+
+def _series(jobs: list[Job]) -> dict[str, list[tuple[str, list[Job]]]]:
+    by_method: dict[str, dict[str, list[Job]]] = defaultdict(lambda: defaultdict(list))
+    for job in jobs:
+        if job.error is None:
+            by_method[job.method][knob_of(job)].append(job)
+    return {m: sorted(k.items()) for m, k in by_method.items()}
+
+
+def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
+    """Gold reward against KL, one series per method, a point per knob with std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    plotted = False
+    for method, knobs in _series(jobs).items():
+        points = []
+        for knob, members in knobs:
+            kl = [j.metrics["eval/kl"] for j in members if "eval/kl" in j.metrics]
+            gold = [
+                j.metrics["eval/gold_reward"] for j in members if "eval/gold_reward" in j.metrics
+            ]
+            if kl and gold:
+                points.append(
+                    (
+                        statistics.fmean(kl),
+                        statistics.fmean(gold),
+                        statistics.pstdev(kl),
+                        statistics.pstdev(gold),
+                        knob,
+                    )
+                )
+        if not points:
+            continue
+        points.sort()
+        xs, ys, xerr, yerr, labels = zip(*points, strict=True)
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=method)
+        for x, y, label in zip(xs, ys, labels, strict=True):
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    ax.set(
+        xlabel="KL(policy || reference), nats per completion",
+        ylabel="gold reward (mean)",
+        title="Reward vs KL frontier",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = out / "frontier.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _scalars(job: Job, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(job.path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def plot_curves(jobs: list[Job], out: Path) -> Path | None:
+    """Training curves of `CURVE_TAGS`, one panel per tag, one line per finished job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [j for j in jobs if j.error is None and (j.path / "tensorboard").is_dir()]
+    curves = {tag: [(j, _scalars(j, tag)) for j in done] for tag in CURVE_TAGS}
+    curves = {t: [(j, s) for j, s in c if len(s) > 1] for t, c in curves.items()}
+    curves = {t: c for t, c in curves.items() if c}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+    for ax, (tag, series) in zip(axes[0], curves.items(), strict=True):
+        for job, points in series:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=job.name, linewidth=1)
+        ax.set(title=tag, xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6)
+    path = out / "curves.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_bars(jobs: list[Job], out: Path) -> Path | None:
+    """BLEU and gold win rate per method + knob (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for method, knobs in _series(jobs).items():
+        for knob, members in knobs:
+            means = [
+                statistics.fmean([j.metrics.get(k, math.nan) for j in members])
+                for k in ("eval/bleu", "eval/win_rate_gold")
+            ]
+            rows.append((f"{method}\n{knob}", *means))
+    if not rows or all(math.isnan(b) and math.isnan(w) for _, b, w in rows):
+        return None
+    labels, bleus, wins = zip(*rows, strict=True)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(rows) * 2), 3.5))
+    axes[0].bar(labels, bleus)
+    axes[0].set(title="BLEU vs preferred references")
+    axes[1].bar(labels, wins)
+    axes[1].axhline(0.5, color="gray", linestyle="--", linewidth=1)
+    axes[1].set(title="win rate vs SFT (gold)", ylim=(0, 1))
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
+    path = out / "bars.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def build_report(sweep_dir: Path) -> Path:
+    """Write `comparison.md` (and the PNGs it links) into `sweep_dir`; returns its path."""
+    sweep_dir = Path(sweep_dir)
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(f"no Hydra job dirs (*/.hydra/overrides.yaml) under {sweep_dir}")
+    plots = [
+        p
+        for p in (
+            plot_frontier(jobs, sweep_dir),
+            plot_curves(jobs, sweep_dir),
+            plot_bars(jobs, sweep_dir),
+        )
+        if p is not None
+    ]
+    failed = sum(j.error is not None for j in jobs)
+    parts = [
+        f"# Comparison: {sweep_dir.name}",
+        "",
+        f"{len(jobs)} runs, {failed} failed. Gold reward: mean over held-out prompts with a "
+        "bootstrap 95% interval; KL: sequence-level KL(policy || SFT) from sampled "
+        "completions; BLEU: overlap with the preferred references (not a quality score).",
+        "",
+        markdown_table(jobs),
+        "",
+    ]
+    parts += [f"![{p.stem}]({p.name})" for p in plots]
+    report = sweep_dir / "comparison.md"
+    report.write_text("\n".join(parts) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir (outputs/multiruns/DATE/TIME)")
+    args = parser.parse_args(argv)
+    try:
+        print(build_report(args.sweep_dir))
+    except FileNotFoundError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+class ComparisonReport(Callback):
+    """Hydra callback: at the end of a multirun, write the report into the sweep dir."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        report = build_report(Path(config.hydra.sweep.dir))
+        log.info("comparison report: %s", report)
+
+
+if __name__ == "__main__":
+    main()
