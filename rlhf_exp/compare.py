@@ -5,8 +5,8 @@
 Reads files only (each job's `.hydra/overrides.yaml`, `metrics.json`, `run.log` and
 TensorBoard events), never models, so it also rebuilds the report of a sweep that partly
 failed: a job without a `metrics.json`, or whose metrics say `status: failed`, is listed as
-failed with the last error line of its log. A method's knob is whichever `method.*` keys
-the job's overrides set (DPO's `method.beta`, PPO's `method.kl_coef`, ...).
+failed with the last error line of its log. A run's knob is its method's KL knob (DPO's
+`beta`, PPO's `kl_coef`), as recorded in its metrics.
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def knob_of(job: Job) -> str:
-    """`key=value` of the method keys this job's overrides set ("-" when none)."""
+    """The method's KL knob as `key=value` (from metrics.json), else the `method.*` keys the
+    job's overrides set ("-" when none)."""
+    if "knob" in job.metrics:
+        return str(job.metrics["knob"])
     keys = sorted(k for k in job.overrides if k.startswith("method."))
     return ",".join(f"{k.removeprefix('method.')}={job.overrides[k]}" for k in keys) or "-"
 

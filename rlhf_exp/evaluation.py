@@ -99,8 +99,210 @@ def evaluate_policy(
             prompts,
             max_new_tokens=eval_spec.max_new_tokens,
             temperature=eval_spec.temperature,
-            greedy=eval_spec.greedy,
             batch_size=eval_spec.batch_size,
         )
     scores = score_samples(samples, scorers)
     return {f"{prefix}/{k}": v for k, v in scores.items()}, samples
+
+
+def completion_logprobs(
+    model: Any, rollout: Any, *, temperature: float, pad_id: int, batch_size: int = 64
+) -> list[float]:
+    """Summed log-prob of each rollout response under `model` at `temperature`: (B,) floats.
+
+    Positions count the real tokens of left-padded rows, as `generate` assigned them, and PAD
+    is suppressed as in sampling, so a model scored on its own samples reproduces their
+    log-probs.
+    """
+    import torch
+
+    totals: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in range(0, rollout.response_ids.shape[0], batch_size):
+                ids = rollout.input_ids[s : s + batch_size]
+                mask = rollout.attention_mask[s : s + batch_size]
+                response = rollout.response_ids[s : s + batch_size]  # (B, R)
+                keep = rollout.response_mask[s : s + batch_size].bool()
+                positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+                n = response.shape[1]
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+                logits = logits[:, -n - 1 : -1].float() / temperature  # (B, R, V)
+                logits[..., pad_id] = float("-inf")
+                logp = torch.log_softmax(logits, -1).gather(-1, response[..., None]).squeeze(-1)
+                totals.extend(logp.masked_fill(~keep, 0.0).sum(1).tolist())
+    finally:
+        model.train(was_training)
+    return totals
+
+
+@dataclass
+class _Side:
+    """One policy's completions on the eval prompts and their scores."""
+
+    samples: Samples
+    rollout: Any
+    gold: list[float] | None
+    rm: list[float] | None
+
+
+def _sample_side(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    spec: Any,
+    seed: int,
+    greedy: bool,
+    gold_fn: Callable | None,
+    rm_scorer: Callable | None,
+) -> _Side:
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # policy and reference draw from the same RNG stream
+        rollout = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+            greedy=greedy,
+            batch_size=spec.batch_size,
+        )
+    samples = Samples(
+        prompts, rollout.texts, rollout.response_mask.sum(1).tolist(), rollout.ended.tolist()
+    )
+    gold = gold_fn(prompts, rollout.texts) if gold_fn else None
+    rm = rm_scorer(prompts, rollout.texts) if rm_scorer else None
+    return _Side(samples, rollout, gold, rm)
+
+
+def _side_metrics(side: _Side, references: list[str], seed: int) -> dict[str, float]:
+    from rlhf_exp.eval_metrics import bleu, bootstrap_ci, distinct_n
+
+    out = score_samples(side.samples, {})
+    texts = side.samples.completions
+    if side.gold is not None:
+        out["gold_reward"] = statistics.fmean(side.gold)
+        out["gold_reward_std"] = statistics.pstdev(side.gold)
+        out["gold_reward_ci_low"], out["gold_reward_ci_high"] = bootstrap_ci(side.gold, seed=seed)
+    if side.rm is not None:
+        out["rm_reward"] = statistics.fmean(side.rm)
+    if any(references):
+        scores = bleu(references, texts)
+        out["bleu"], out["bleu_corpus"] = scores["sentence"], scores["corpus"]
+    out["distinct_1"], out["distinct_2"] = distinct_n(texts, 1), distinct_n(texts, 2)
+    return out
+
+
+def samples_table(
+    prompts: list[str], references: list[str], policy: _Side, reference: _Side, rows: int = 8
+) -> str:
+    """Markdown: prompt, reference completion, SFT and policy completions, gold scores."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "/").replace("\n", " ").strip()
+
+    lines = [
+        "| prompt | reference | SFT | policy | gold SFT | gold policy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in range(min(rows, len(prompts))):
+        gold = (f"{reference.gold[i]:.2f}", f"{policy.gold[i]:.2f}") if policy.gold else ("", "")
+        lines.append(
+            f"| {cell(prompts[i])} | {cell(references[i])} | "
+            f"{cell(reference.samples.completions[i])} | "
+            f"{cell(policy.samples.completions[i])} | {gold[0]} | {gold[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_alignment(
+    policy: Any,
+    tokenizer: Any,
+    eval_prompts: Any,
+    spec: Any,
+    *,
+    seed: int,
+    gold_reward: str | None,
+    reference: Any | None = None,
+    rm_scorer: Callable[[list[str], list[str]], list[float]] | None = None,
+) -> tuple[dict[str, float], str]:
+    """The full held-out evaluation of a trained policy against its reference (SFT) policy.
+
+    `reference` is the starting policy; None means `policy` is a peft model whose disabled
+    adapters are the reference (no second copy of the weights). Returns (metrics, samples
+    markdown). Keys, under `eval/` for the policy and `eval/sft/` for the reference:
+    gold_reward (+ _std, _ci_low, _ci_high), rm_reward, bleu, bleu_corpus, length_mean,
+    eos_fraction, distinct_1, distinct_2; for the policy also kl (sequence-level
+    KL(policy || reference) from the policy's samples, nats), win_rate_gold and win_rate_rm
+    (against the reference's completion of the same prompt, ties one half); and with
+    `spec.greedy`, eval/greedy/{gold_reward,win_rate_gold} from greedy decoding.
+    """
+    from contextlib import nullcontext
+
+    from rlhf_exp.eval_metrics import win_rate
+    from rlhf_exp.rewards import get_reward
+
+    n = spec.num_prompts or None
+    prompts = list(eval_prompts["prompt"])[:n]
+    columns = getattr(eval_prompts, "column_names", None) or list(eval_prompts)
+    references = (
+        list(eval_prompts["reference"])[:n] if "reference" in columns else [""] * len(prompts)
+    )
+    gold_fn = get_reward(gold_reward) if gold_reward else None
+
+    def as_reference():
+        return nullcontext(reference) if reference is not None else _adapters_off(policy)
+
+    pad_id = tokenizer.pad_token_id
+    sides = {}
+    for greedy in (False, True) if spec.greedy else (False,):
+        mine = _sample_side(policy, tokenizer, prompts, spec, seed, greedy, gold_fn, rm_scorer)
+        with as_reference() as ref_model:
+            theirs = _sample_side(
+                ref_model, tokenizer, prompts, spec, seed, greedy, gold_fn, rm_scorer
+            )
+            ref_logps = (
+                None
+                if greedy
+                else completion_logprobs(
+                    ref_model, mine.rollout, temperature=spec.temperature, pad_id=pad_id
+                )
+            )
+        sides[greedy] = (mine, theirs, ref_logps)
+
+    mine, theirs, ref_logps = sides[False]
+    metrics = {f"eval/{k}": v for k, v in _side_metrics(mine, references, seed).items()}
+    metrics |= {f"eval/sft/{k}": v for k, v in _side_metrics(theirs, references, seed).items()}
+    own = completion_logprobs(policy, mine.rollout, temperature=spec.temperature, pad_id=pad_id)
+    metrics["eval/kl"] = statistics.fmean(p - r for p, r in zip(own, ref_logps, strict=True))
+    if mine.gold is not None:
+        metrics["eval/win_rate_gold"] = win_rate(mine.gold, theirs.gold)
+    if mine.rm is not None:
+        metrics["eval/win_rate_rm"] = win_rate(mine.rm, theirs.rm)
+    if True in sides and mine.gold is not None:
+        g_mine, g_theirs, _ = sides[True]
+        metrics["eval/greedy/gold_reward"] = statistics.fmean(g_mine.gold)
+        metrics["eval/sft/greedy/gold_reward"] = statistics.fmean(g_theirs.gold)
+        metrics["eval/greedy/win_rate_gold"] = win_rate(g_mine.gold, g_theirs.gold)
+    return metrics, samples_table(prompts, references, mine, theirs)
+
+
+def _adapters_off(policy: Any) -> Any:
+    """Context in which `policy` (a peft model) is its base model; yields the model."""
+    from contextlib import contextmanager
+
+    if not hasattr(policy, "disable_adapter"):
+        raise ValueError(
+            "reference=None needs a peft policy whose disabled adapters are the reference"
+        )
+
+    @contextmanager
+    def context():
+        with policy.disable_adapter():
+            yield policy
+
+    return context()

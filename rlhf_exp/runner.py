@@ -121,9 +121,14 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
     set_seed(run.seed)
     ctx = RunContext(run, run_dir, cache, Tracker(run_dir, run.logger.tensorboard))
     try:
-        metrics = method.run(run, ctx)
+        metrics = {"method": run.method.name, **method.run(run, ctx)}
+        hparams: dict[str, Any] = {"method": run.method.name, "seed": run.seed}
+        knob = type(run.method).KL_KNOB
+        if knob is not None:
+            hparams[knob] = getattr(run.method, knob)
+            metrics["knob"] = f"{knob}={hparams[knob]}"
         step = int(metrics.get("train/global_step", 0))
-        return ctx.tracker.finish({"method": run.method.name, **metrics}, step)
+        return ctx.tracker.finish(metrics, step, hparams)
     finally:
         ctx.tracker.close()
 

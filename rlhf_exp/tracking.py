@@ -47,7 +47,7 @@ class Tracker:
         if self._writer is None:
             return
         for tag, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _is_number(value):
                 self._writer.add_scalar(tag, value, step)
 
     def log_text(self, tag: str, text: str, step: int = 0) -> None:
@@ -57,10 +57,19 @@ class Tracker:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def finish(self, metrics: dict[str, Any], step: int) -> dict[str, Any]:
-        """Log final metrics, write `metrics.json` atomically, close the writer."""
+    def finish(
+        self, metrics: dict[str, Any], step: int, hparams: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Log final metrics (and `hparams` for TensorBoard's HParams dashboard), write
+        `metrics.json` atomically, close the writer."""
         metrics = {**metrics, "time/wall_s": round(self.elapsed(), 2)}
         self.log_scalars({k: v for k, v in metrics.items() if "/" in k}, step)
+        if hparams and self._writer is not None:
+            numeric = {k: v for k, v in metrics.items() if _is_number(v) and "/" in k}
+            # run_name="." keeps the hparams in this run's dir instead of a timestamped child
+            self._writer.add_hparams(
+                hparams, {f"hparam/{k}": v for k, v in numeric.items()}, run_name="."
+            )
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         self.close()
         return metrics
@@ -70,6 +79,10 @@ class Tracker:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _fmt(value: Any) -> str:

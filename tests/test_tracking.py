@@ -41,3 +41,24 @@ def test_summary_table_lists_every_metric():
     table = summary_table("reward finished", {"eval/accuracy": 0.91234, "train/global_step": 40})
     assert "reward finished" in table
     assert "eval/accuracy" in table and "0.9123" in table and "40" in table
+
+
+def test_hparams_land_in_the_run_dir_for_the_hparams_dashboard(tmp_path: Path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tracker = Tracker(tmp_path)
+    tracker.finish(
+        {"eval/gold_reward": 0.4, "method": "dpo"},
+        step=5,
+        hparams={"method": "dpo", "beta": 0.1, "seed": 1},
+    )
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = session.session_start_info.hparams
+    assert values["method"].string_value == "dpo"
+    assert values["beta"].number_value == 0.1 and values["seed"].number_value == 1
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert "hparam/eval/gold_reward" in tags

@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rlhf_exp.errors import ConfigError
 
@@ -87,6 +87,9 @@ class DatasetSpec:
 class TrainSpec:
     """Knobs every trainer-backed method shares; names follow transformers' TrainingArguments."""
 
+    # The key of the method's KL knob (DPO's beta, PPO's kl_coef): the x-axis of a frontier.
+    KL_KNOB: ClassVar[str | None] = None
+
     name: str = ""
     learning_rate: float = _f(5e-4, gt=0, le=1)
     num_train_epochs: float = _f(1.0, gt=0)
@@ -135,7 +138,7 @@ class EvalSpec:
 
     max_new_tokens: int = _f(24, ge=1)
     temperature: float = _f(1.0, gt=0)
-    greedy: bool = False
+    greedy: bool = True  # also report greedy decoding (eval/greedy/*) next to sampling
     batch_size: int = _f(64, ge=1)
     num_prompts: int | None = _f(None, ge=1)  # null: every held-out prompt
 
