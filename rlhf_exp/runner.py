@@ -8,6 +8,7 @@ tracker, the starting model and the outputs of upstream stages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import sys
@@ -134,7 +135,13 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Entry point for `run.py`: a user error becomes one line on stderr and exit code 2."""
+    """Entry point for `run.py`.
+
+    A user error is one line on stderr and exit code 2; any failure is recorded in the run's
+    `metrics.json` as `status: failed` with its error line. In a multirun the failing job only
+    logs and returns, so the other jobs still run and the report lists it as failed.
+    """
+    multirun = _in_multirun()
     try:
         run = validate(cfg)
         check_paths(run)
@@ -151,11 +158,36 @@ def main(cfg: DictConfig) -> float | None:
         metrics = execute(run, run_dir, cache)
         if method.produces_model:
             _publish(cache, run, run_dir)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        line = f"error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
+        if multirun:
+            log.error("%s", line, exc_info=not isinstance(err, UserError))
+            return None
+        if isinstance(err, UserError):
+            print(line, file=sys.stderr)
+            sys.exit(2)
+        raise
     log.info("\n%s", summary_table(f"{run.method.name} finished: {run_dir}", metrics))
     return metrics.get("objective")
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failure(cfg: DictConfig, error: str) -> None:
+    """`metrics.json` with `status: failed`, when the run dir is known; never raises."""
+    try:
+        run_dir = Path(cfg.paths.output_dir)
+        method = OmegaConf.select(cfg, "method.name", default="?")
+        failure = {"method": method, "status": "failed", "error": error}
+        atomic_write_text(run_dir / "metrics.json", json.dumps(failure, indent=2) + "\n")
+    except Exception:  # the failure being reported matters more than this record of it
+        log.debug("could not record the failure in metrics.json", exc_info=True)
 
 
 def _publish(cache: ArtifactCache, run: RunConfig, run_dir: Path) -> None:

@@ -80,5 +80,36 @@ def test_missing_columns_name_found_and_expected(tmp_path: Path):
     assert result.returncode == 2
     # progress bars of the loading that ran before the error also go to stderr
     (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
-    assert result.stderr.strip().endswith(line) and "[question, answer]" in line and "chosen" in line
+    assert (
+        result.stderr.strip().endswith(line) and "[question, answer]" in line and "chosen" in line
+    )
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_failing_sweep_job_is_recorded_and_the_others_finish(tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "method=sft",
+        "debug=fast",
+        "method.max_steps=3",
+        "method.learning_rate=-1,0.001",
+        f"paths.root_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    bad = json.loads(
+        (
+            sweep / "method.learning_rate=-1,method.max_steps=3,method=sft" / "metrics.json"
+        ).read_text()
+    )
+    good = json.loads(
+        (
+            sweep / "method.learning_rate=0.001,method.max_steps=3,method=sft" / "metrics.json"
+        ).read_text()
+    )
+    assert bad["status"] == "failed"
+    assert bad["error"] == "error: method.learning_rate=-1.0 is invalid: must be > 0"
+    assert good["train/global_step"] == 3 and "status" not in good
+    report = (sweep / "comparison.md").read_text()
+    assert "2 runs, 1 failed" in report and "**failed**: error: method.learning_rate" in report
