@@ -8,6 +8,9 @@ every token up to and including its first EOS; later positions hold PAD and are 
 PAD is never sampled (its logit is suppressed) and is distinct from EOS, so masks built from
 `response_mask` never confuse the two. Sampling is pure temperature sampling (no top-k/top-p
 unless asked), so log-probs recomputed at the same temperature match the sampling policy.
+With `return_logprobs=True` the rollout also carries the log-prob and entropy of every sampled
+token under the distribution it was drawn from (after temperature and PAD suppression), read
+from the generation scores, so RL needs no extra policy forward pass.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class Rollout:
     response_mask: torch.Tensor  # (B, R) 1 on response tokens, the EOS included
     texts: list[str]  # decoded responses, special tokens stripped
     ended: torch.Tensor  # (B,) bool: the response contains an EOS
+    logprobs: torch.Tensor | None = None  # (B, R) of the sampled tokens; 0 after the EOS
+    entropy: torch.Tensor | None = None  # (B, R) of the sampling distribution; 0 after the EOS
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -68,6 +73,7 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 64,
     max_prompt_length: int | None = None,
+    return_logprobs: bool = False,
 ) -> Rollout:
     """Sample one response per prompt; see the module docstring for the layout."""
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -86,6 +92,8 @@ def generate(
         pad_token_id=pad_id,
         suppress_tokens=[pad_id],
         use_cache=True,
+        return_dict_in_generate=return_logprobs,
+        output_scores=return_logprobs,
     )
     was_training = model.training
     model.eval()
@@ -102,8 +110,10 @@ def generate(
                 add_special_tokens=False,
             ).to(device)
             out = model.generate(**enc, generation_config=config)
-            response = out[:, enc["input_ids"].shape[1] :]
-            chunks.append((enc["input_ids"], enc["attention_mask"], response))
+            sequences = out.sequences if return_logprobs else out
+            response = sequences[:, enc["input_ids"].shape[1] :]
+            stats = _token_stats(out.scores, response) if return_logprobs else None
+            chunks.append((enc["input_ids"], enc["attention_mask"], response, stats))
     finally:
         model.train(was_training)
 
@@ -114,4 +124,28 @@ def generate(
     raw = torch.cat([_pad_to(c[2], width_r, pad_id, left=False) for c in chunks])
     response_ids, response_mask, ended = truncate_after_eos(raw, eos_id, pad_id)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts, ended)
+    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts, ended)
+    if return_logprobs:
+        keep = response_mask.bool()
+        for i, name in enumerate(("logprobs", "entropy")):
+            values = torch.cat([_pad_to(c[3][i], width_r, 0, left=False) for c in chunks])
+            setattr(rollout, name, values.masked_fill(~keep, 0.0))
+    return rollout
+
+
+def _token_stats(
+    scores: Sequence[torch.Tensor], response: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each sampled token, entropy of its distribution), both (B, R).
+
+    `scores` are the processed logits the sampler drew from, one (B, V) tensor per step, so
+    these are exactly the sampling policy's numbers. One step at a time keeps memory at
+    O(B * V) on top of what `generate` already holds.
+    """
+    logps, entropies = [], []
+    for t, step_scores in enumerate(scores):
+        logp = torch.log_softmax(step_scores.float(), dim=-1)  # (B, V)
+        logps.append(logp.gather(-1, response[:, t : t + 1]).squeeze(-1))
+        p = logp.exp()  # suppressed tokens: p = 0, logp = -inf; their term is 0
+        entropies.append(-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1))
+    return torch.stack(logps, dim=1), torch.stack(entropies, dim=1)
