@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree
 from rlhf_exp.config.schema import DatasetSpec, RunConfig, check_paths, method_spec, validate
-from rlhf_exp.errors import UserError
+from rlhf_exp.errors import Interrupted, UserError
 from rlhf_exp.tracking import Tracker, summary_table
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,14 @@ def main(cfg: DictConfig) -> float | None:
         metrics = execute(run, run_dir, cache)
         if method.produces_model:
             _publish(cache, run, run_dir)
+    except Interrupted as err:
+        _record_failure(cfg, f"interrupted at step {err.step}")
+        how = _resume_command(err.run_dir)
+        if multirun:
+            log.error("%s; resume with: %s", err, how)
+            return None
+        print(f"{err}\nresume with: {how}", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         line = f"error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
         _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
@@ -170,6 +178,17 @@ def main(cfg: DictConfig) -> float | None:
         raise
     log.info("\n%s", summary_table(f"{run.method.name} finished: {run_dir}", metrics))
     return metrics.get("objective")
+
+
+def _resume_command(run_dir: object) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [
+            o for o in HydraConfig.get().overrides.task if not o.startswith("resume_from=")
+        ]
+    return " ".join(["python run.py", *overrides, f"hydra.run.dir={run_dir}", "resume_from=latest"])
 
 
 def _in_multirun() -> bool:

@@ -1,12 +1,25 @@
-"""Pieces every trainer-backed method shares: TRL/transformers arguments from a `TrainSpec`."""
+"""Pieces every trainer-backed method shares: TRL arguments from a `TrainSpec`, and the
+guarded `run_training` (clean stop on signals, NaN check, resume from complete checkpoints)."""
 
 from __future__ import annotations
 
+import logging
+import math
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+from rlhf_exp.errors import Interrupted, NonFiniteError, UserError
 
 if TYPE_CHECKING:
     from rlhf_exp.config.schema import TrainSpec
     from rlhf_exp.runner import RunContext
+
+log = logging.getLogger(__name__)
 
 
 def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
@@ -34,7 +47,7 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         "eval_steps": spec.eval_steps,
         "save_strategy": "steps",
         "save_steps": spec.save_steps,
-        "save_total_limit": 1,
+        "save_total_limit": 2,  # the newest may be cut short by SIGKILL; keep the one before
         "report_to": "none",  # the run's Tracker adds its own TensorBoard callback
         "bf16": False,
         "fp16": False,
@@ -48,3 +61,98 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
 def eval_subset(dataset: Any, spec: TrainSpec) -> Any:
     """The first `spec.max_eval_samples` rows: evaluation during training stays cheap."""
     return dataset.select(range(min(len(dataset), spec.max_eval_samples)))
+
+
+# Written into a trainer checkpoint dir once transformers has finished saving it: a
+# checkpoint without it was cut short (SIGKILL mid-save) and is never resumed from.
+CHECKPOINT_COMPLETE = "COMPLETE"
+
+
+class TrainingGuard(TrainerCallback):
+    """Stops cleanly on SIGINT/SIGTERM and refuses to go on after a non-finite loss.
+
+    A signal lets the current step finish, then saves a checkpoint and ends training (a second
+    signal interrupts at once). A NaN/inf loss raises `NonFiniteError` at the log where it
+    appears, before any save of that step, so the last checkpoint on disk stays a good one.
+    """
+
+    def __init__(self) -> None:
+        self.stop_signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None:  # second signal: the user means it
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        log.warning(
+            "%s received: finishing this step and saving a checkpoint", signal.Signals(signum).name
+        )
+
+    @contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.stop_signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"train/{key} is {value} at step {state.global_step}; stopped, the last "
+                    f"checkpoint before it is kept"
+                )
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            (checkpoint / CHECKPOINT_COMPLETE).write_text(f"{state.global_step}\n")
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest trainer checkpoint under `checkpoint_dir` that was saved completely."""
+    done = [
+        p for p in Path(checkpoint_dir).glob("checkpoint-*") if (p / CHECKPOINT_COMPLETE).is_file()
+    ]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resume_checkpoint(ctx: RunContext) -> Path | None:
+    """The checkpoint `resume_from` names: None (fresh), `latest` in this run dir, or a path."""
+    choice = ctx.run.resume_from
+    if choice is None:
+        return None
+    path = latest_checkpoint(ctx.checkpoint_dir) if choice == "latest" else Path(choice)
+    if path is None or not (path / CHECKPOINT_COMPLETE).is_file():
+        where = ctx.checkpoint_dir if choice == "latest" else choice
+        raise UserError(f"resume_from={choice!r}: no complete checkpoint at {where}")
+    return path
+
+
+def run_training(trainer: Any, ctx: RunContext) -> Any:
+    """`trainer.train()` under a `TrainingGuard`, resuming when `resume_from` says so.
+
+    Raises `Interrupted` (after the checkpoint is written) when a signal stopped training.
+    """
+    guard = TrainingGuard()
+    trainer.add_callback(guard)
+    start = resume_checkpoint(ctx)
+    if start is not None:
+        log.info("resuming from %s", start)
+    with guard.handling_signals():
+        result = trainer.train(resume_from_checkpoint=str(start) if start else None)
+    if guard.stop_signal is not None:
+        raise Interrupted(ctx.run_dir, trainer.state.global_step)
+    return result

@@ -27,7 +27,7 @@ from rlhf_exp.models import (
 )
 from rlhf_exp.rewards.model_scorer import RewardModelScorer, pairwise_accuracy
 from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, trainer_args
+from rlhf_exp.training import eval_subset, run_training, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         trainer.model, tokenizer, spec.max_length, spec.per_device_eval_batch_size
     )
     before = pairwise_accuracy(scorer, task.pref_test)
-    result = trainer.train()
+    result = run_training(trainer, ctx)
     after = pairwise_accuracy(scorer, task.pref_test)
     loss = trainer.evaluate()["eval_loss"]
     save_merged(trainer.model, tokenizer, ctx.model_dir)

@@ -25,7 +25,7 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, trainer_args
+from rlhf_exp.training import eval_subset, run_training, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     trainable, total = count_parameters(trainer.model)
     log.info("sft: %d of %d parameters trainable", trainable, total)
     loss_before = trainer.evaluate()["eval_loss"]
-    result = trainer.train()
+    result = run_training(trainer, ctx)
     loss_after = trainer.evaluate()["eval_loss"]
     save_merged(trainer.model, tokenizer, ctx.model_dir)
     return {
