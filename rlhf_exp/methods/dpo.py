@@ -1,0 +1,142 @@
+"""Direct Preference Optimization on preference pairs (TRL `DPOTrainer`), from the SFT policy.
+
+    python run.py method=dpo                         # tiny model, embedded sentiment task
+    python run.py method=dpo lora=default            # LoRA; reference = adapters disabled
+    python run.py method=dpo method.loss_type=ipo method.beta=0.5
+
+The loss is TRL's (Rafailov et al. 2023, Eq. 7, and the variants in `config/dpo.py`). The
+reference is the starting SFT policy: with LoRA the same weights with the adapters switched
+off (no second copy); without LoRA a frozen copy, or none at all when its log-probs are
+precomputed before training (the default). At the end `final_evaluation` compares the policy
+with the SFT policy on the held-out prompts (`eval/*` next to `eval/sft/*`, `eval/kl`, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trl import DPOConfig, DPOTrainer
+
+from rlhf_exp.config.dpo import DPOSpec
+from rlhf_exp.config.schema import RunConfig
+from rlhf_exp.errors import UserError
+from rlhf_exp.evaluation import final_evaluation
+from rlhf_exp.methods import register
+from rlhf_exp.models import (
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    lora_config,
+    save_merged,
+)
+from rlhf_exp.runner import RunContext
+from rlhf_exp.training import eval_subset, run_training, trainer_args
+
+log = logging.getLogger(__name__)
+
+
+def dpo_config(spec: DPOSpec, ctx: RunContext) -> DPOConfig:
+    """TRL config: the shared CPU-sane trainer arguments plus DPO's own knobs."""
+    return DPOConfig(
+        **trainer_args(spec, ctx),
+        beta=spec.beta,
+        loss_type=[spec.loss_type],
+        label_smoothing=spec.label_smoothing,
+        max_length=spec.max_length,
+        precompute_ref_log_probs=spec.precompute_ref_log_probs,
+        precompute_ref_batch_size=spec.precompute_ref_batch_size,
+        pad_to_multiple_of=None,  # dynamic padding: each batch to its own longest pair
+    )
+
+
+def build_trainer(
+    cfg: RunConfig, ctx: RunContext, init: str, model: Any, tokenizer: Any, task: Any
+) -> DPOTrainer:
+    """A `DPOTrainer` for `model` (the policy loaded from `init`) on the task's pairs.
+
+    Reference: with LoRA, none is built (TRL disables the adapters for the reference pass);
+    without LoRA and without precomputation, a frozen copy loaded from `init`; with
+    precomputation TRL scores every pair with the untouched policy before the first step.
+    """
+    spec: DPOSpec = cfg.method  # type: ignore[assignment]
+    peft_config = lora_config(cfg.model, cfg.lora, "CAUSAL_LM", model=model)
+    ref_model = None
+    if peft_config is None and not spec.precompute_ref_log_probs:
+        # Loaded by us, not by TRL from `config._name_or_path`, so it gets the same dtype,
+        # vocab and pad id as the policy.
+        ref_model = load_causal_lm(init, cfg.model, tokenizer=tokenizer).eval()
+        ref_model.requires_grad_(False)
+    return DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=dpo_config(spec, ctx),
+        train_dataset=task.pref_train,
+        eval_dataset=eval_subset(task.pref_test, spec),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=ctx.tracker.trainer_callbacks(),
+    )
+
+
+def final_pair_metrics(trainer: DPOTrainer) -> dict[str, float]:
+    """Held-out pair metrics of the trained policy (`eval_rewards/accuracies`, ...).
+
+    transformers already evaluates at the last step of a step-based schedule; reuse that
+    and evaluate again only if it did not happen.
+    """
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == step else trainer.evaluate()
+    return trainer.evaluate()
+
+
+def _reference_policy(trainer: DPOTrainer, cfg: RunConfig, init: str) -> Any | None:
+    """The SFT policy to evaluate against: None under LoRA (the adapters are switched off
+    instead), else the trainer's frozen copy, or one loaded now if log-probs were precomputed.
+    """
+    if cfg.lora.enabled:
+        return None
+    if trainer.ref_model is not None:
+        return trainer.ref_model
+    return load_causal_lm(init, cfg.model, tokenizer=trainer.processing_class).eval()
+
+
+@register("dpo", needs=("sft",))
+def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
+    init = str(ctx.upstream("sft"))
+    tokenizer = load_tokenizer(init, cfg.model)
+    model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
+    task = ctx.task(tokenizer)
+    if task.pref_train is None or len(task.pref_train) == 0:
+        raise UserError(f"dataset {cfg.dataset.name!r} has no preference rows to train on")
+    if task.pref_test is None or len(task.pref_test) == 0:
+        raise UserError(f"dataset {cfg.dataset.name!r} has no held-out preference rows")
+
+    trainer = build_trainer(cfg, ctx, init, model, tokenizer, task)
+    trainable, total = count_parameters(trainer.model)
+    log.info("dpo: %d of %d parameters trainable", trainable, total)
+    result = run_training(trainer, ctx)
+    pair_metrics = final_pair_metrics(trainer)
+    eval_metrics = final_evaluation(
+        ctx, trainer.model, tokenizer, task, reference=_reference_policy(trainer, cfg, init)
+    )
+    save_merged(trainer.model, tokenizer, ctx.model_dir)
+
+    metrics = {
+        "train/loss": result.training_loss,
+        "eval/loss": pair_metrics["eval_loss"],
+        "eval/rewards_accuracies": pair_metrics["eval_rewards/accuracies"],
+        "eval/rewards_margins": pair_metrics["eval_rewards/margins"],
+        "eval/rewards_chosen": pair_metrics["eval_rewards/chosen"],
+        "eval/rewards_rejected": pair_metrics["eval_rewards/rejected"],
+        "eval/pairs": len(trainer.eval_dataset),
+        **eval_metrics,
+    }
+    return {
+        **metrics,
+        "train/global_step": trainer.state.global_step,
+        "model/trainable_params": trainable,
+        "model/total_params": total,
+    }
