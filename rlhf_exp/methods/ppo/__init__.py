@@ -1,0 +1,213 @@
+"""PPO: our own actor-critic RLHF trainer (TRL 1.16 has none), after Ziegler et al. 2019 and
+the details of Huang et al. 2024 ("The N+ implementation details of RLHF with PPO").
+
+    python run.py method=ppo                        # vs the learned reward model (cached)
+    python run.py method=ppo method.reward=gold     # PPO-GT: vs the dataset's gold reward
+    python run.py method=ppo lora=default           # LoRA policy; reference = adapters off
+    accelerate launch --multi_gpu --num_processes 2 run.py method=ppo hydra.run.dir=outputs/ddp
+
+The policy starts from the SFT policy (`upstream.sft`); the reward model (`upstream.reward`)
+is only resolved, and trained on a cache miss, when the run uses it (`method.reward=model`,
+or the critic starts from it). Layout: `core.py` the math, `models.py` policy/critic/reference,
+`rollout.py` experience, `trainer.py` the loop, `checkpoint.py` save/resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+
+from rlhf_exp.config.ppo import PPOSpec
+from rlhf_exp.config.schema import RunConfig
+from rlhf_exp.errors import ConfigError, UserError
+from rlhf_exp.methods import register
+
+log = logging.getLogger(__name__)
+
+
+def _reward_name(spec: PPOSpec, cfg: RunConfig) -> str | None:
+    """The reward function's registered name, or None for the learned reward model."""
+    from rlhf_exp.rewards import get_reward
+
+    if spec.reward == "model":
+        return None
+    name = cfg.dataset.gold_reward if spec.reward == "gold" else spec.reward
+    if name is None:
+        raise ConfigError(
+            "method.reward", spec.reward, f"dataset {cfg.dataset.name!r} has no gold_reward"
+        )
+    get_reward(name)  # unknown: a UserError listing the registered names
+    return name
+
+
+def _check_upstream_cached(cfg: RunConfig, ctx: Any, stages: list[str]) -> None:
+    """Under several processes an upstream stage can't be trained here (its trainer would
+    wait on processes blocked on the cache lock), so it must already be in the cache."""
+    from rlhf_exp.runner import stage_key, upstream_run
+
+    for stage in stages:
+        if (
+            getattr(cfg.upstream, stage).path is None
+            and ctx.cache.lookup(stage, stage_key(upstream_run(cfg, stage))) is None
+        ):
+            raise UserError(
+                f"upstream stage {stage!r} is not in the cache; build it with one process "
+                f"first (python run.py method={stage} with the same model/dataset/lora/debug)"
+            )
+
+
+@register("ppo", needs=("sft", "reward"))
+def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+    from transformers import set_seed
+
+    from rlhf_exp.evaluation import evaluate_policy, final_evaluation
+    from rlhf_exp.methods.ppo import checkpoint
+    from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference, hidden_size, score_head
+    from rlhf_exp.methods.ppo.trainer import PPOTrainer
+    from rlhf_exp.models import (
+        apply_lora,
+        count_parameters,
+        load_causal_lm,
+        load_reward_model,
+        load_tokenizer,
+        save_merged,
+    )
+    from rlhf_exp.rewards import get_reward
+    from rlhf_exp.rewards.model_scorer import RewardModelScorer
+
+    spec: PPOSpec = cfg.method  # type: ignore[assignment]
+    reward_fn_name = _reward_name(spec, cfg)  # config errors before anything loads
+    critic_from_rm = spec.critic == "model" and (
+        spec.critic_init == "reward" or (spec.critic_init == "auto" and reward_fn_name is None)
+    )
+    needs_rm = reward_fn_name is None or critic_from_rm
+    resume = checkpoint.resolve(cfg.resume_from, ctx.checkpoint_dir) if cfg.resume_from else None
+
+    # cpu=True without a GPU: otherwise accelerate treats every launched process as a lone
+    # single-process run (DistributedType.NO) instead of one rank of a gloo group
+    accelerator = Accelerator(
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+    )
+    if accelerator.num_processes > 1:
+        _check_upstream_cached(cfg, ctx, ["sft", "reward"] if needs_rm else ["sft"])
+    main = accelerator.is_main_process
+
+    sft_dir = str(ctx.upstream("sft"))
+    rm_dir = str(ctx.upstream("reward")) if needs_rm else None
+    tokenizer = load_tokenizer(sft_dir, cfg.model)
+    task = ctx.task(tokenizer)
+    source = task.sft_train if task.sft_train is not None else task.pref_train
+    if source is None or len(source) == 0:
+        raise UserError(f"dataset {cfg.dataset.name!r} has no prompts to train PPO on")
+    prompts = list(dict.fromkeys(source["prompt"]))  # unique, in a stable order
+
+    policy = load_causal_lm(sft_dir, cfg.model, tokenizer=tokenizer)
+    # frozen copy unless LoRA
+    reference = Reference(policy, lora=cfg.lora.enabled).to(accelerator.device)
+    policy = apply_lora(policy, cfg.model, cfg.lora, "CAUSAL_LM")
+    critic = None
+    if spec.critic == "model":
+        critic = load_reward_model(rm_dir if critic_from_rm else sft_dir, cfg.model, tokenizer)
+        if not critic_from_rm:  # a fresh head: V = 0 until the critic learns
+            torch.nn.init.zeros_(score_head(critic).weight)
+    if reward_fn_name is None:
+        rm = load_reward_model(rm_dir, cfg.model, tokenizer).eval().requires_grad_(False)
+        rm.to(accelerator.device)
+        score_fn = RewardModelScorer(
+            rm, load_tokenizer(rm_dir, cfg.model), spec.max_length, spec.per_device_eval_batch_size
+        )
+    else:
+        score_fn = get_reward(reward_fn_name)
+    model = PolicyAndValue(policy, critic, hidden_size(policy)).eval()  # dropout off for good
+    trainable, total = count_parameters(model)
+    log.info("ppo: %d of %d parameters trainable (policy + critic)", trainable, total)
+
+    total_steps = spec.max_steps
+    if total_steps < 0:  # num_train_epochs passes over the prompts
+        per_step = spec.rollout_batch_size * accelerator.num_processes
+        total_steps = math.ceil(spec.num_train_epochs * len(prompts) / per_step)
+    set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
+    trainer = PPOTrainer(
+        spec,
+        accelerator,
+        model,
+        reference,
+        tokenizer,
+        score_fn,
+        prompts,
+        cfg.seed,
+        total_steps,
+        ctx.checkpoint_dir,
+    )
+    if resume is not None:
+        trainer.resume(resume)
+
+    extra = {"rm_reward": score_fn} if reward_fn_name is None else None
+
+    def evaluate(policy_model: Any, prefix: str, eval_spec: Any) -> dict[str, float]:
+        scores, _ = evaluate_policy(
+            policy_model,
+            tokenizer,
+            task.eval_prompts,
+            eval_spec,
+            seed=cfg.seed,
+            gold_reward=task.gold_reward,
+            extra_scorers=extra,
+            prefix=prefix,
+        )
+        return scores
+
+    periodic_eval = dataclasses.replace(
+        cfg.eval, num_prompts=min(spec.max_eval_samples, cfg.eval.num_prompts or 10**9)
+    )
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if not main:
+            return
+        if step % spec.eval_steps == 0 and task.eval_prompts is not None:
+            metrics = metrics | evaluate(trainer.unwrapped.policy, "eval", periodic_eval)
+        ctx.tracker.log_scalars(metrics, step)
+        if step % spec.logging_steps == 0:
+            log.info(
+                "ppo step %d: score %.3f kl %.3f rlhf_reward %.3f vf_loss %.4f",
+                step,
+                metrics["objective/scores"],
+                metrics["objective/kl"],
+                metrics["objective/rlhf_reward"],
+                metrics["val/vf_loss"],
+            )
+
+    started = time.perf_counter()
+    last = trainer.train(on_step)
+    train_s = time.perf_counter() - started
+
+    final: dict[str, Any] = {}
+    if main:
+        policy = trainer.unwrapped.policy
+        final = final_evaluation(
+            ctx,
+            policy,
+            tokenizer,
+            task,
+            reference=None if cfg.lora.enabled else reference.frozen,
+            rm_scorer=score_fn if reward_fn_name is None else None,
+        )
+        save_merged(policy, tokenizer, ctx.model_dir)  # merges LoRA in place: done last
+    final = broadcast_object_list([final])[0]  # every process returns the same metrics
+    accelerator.wait_for_everyone()
+    return {
+        **last,
+        **final,
+        "train/global_step": trainer.step,
+        "time/train_s": round(train_s, 2),
+        "model/trainable_params": trainable,
+        "model/total_params": total,
+    }

@@ -1,0 +1,162 @@
+"""PPO's models: the policy and critic behind one module, the reference, and their forwards.
+
+    policy     the SFT policy (`ctx.upstream("sft")`), optionally with LoRA adapters
+    critic     a separate value model (a sequence classifier whose scalar head is applied at
+               every position), started from the reward model or the SFT policy; or
+               `critic=value_head`: a linear head on the policy's last hidden state
+    reference  under LoRA the policy itself with adapters disabled (no second copy);
+               otherwise a frozen copy of the starting policy
+
+Every model stays in eval mode: dropout would make recomputed log-probs differ from the
+rollout's, and the ratio check at the first minibatch would fail for no real reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import peft
+import torch
+from torch import nn
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions as `generate` assigns them to left-padded rows: count real tokens only."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    """The scalar head of a sequence classifier (`score` for causal-LM families)."""
+    for name in ("score", "classifier", "v_head"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return getattr(model, name)
+    raise ValueError(f"{type(model).__name__} has no score/classifier head to use as critic")
+
+
+class PolicyAndValue(nn.Module):
+    """One module for the optimiser and `accelerator.prepare` (DDP needs a single forward).
+
+    forward(input_ids, attention_mask, n_response) -> (logits, values) for the response:
+    logits (B, R, V) predicting response token t, values (B, R) of the state before it.
+    """
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None, hidden_size: int) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = critic  # None: value head on the policy trunk
+        self.value_head = nn.Linear(hidden_size, 1) if critic is None else None
+        if self.value_head is not None:
+            # zero init: V = 0 at the start, so early advantages are the raw rewards
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = position_ids(attention_mask)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=pos,
+            logits_to_keep=n_response + 1,  # the lm_head runs on the response positions only
+            output_hidden_states=self.critic is None,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]  # (B, R, V): position P-1+t predicts response token t
+        if self.critic is None:
+            hidden = out.hidden_states[-1][:, -n_response - 1 : -1]  # (B, R, H)
+            values = self.value_head(hidden).squeeze(-1)
+        else:
+            values = critic_values(self.critic, input_ids, attention_mask, n_response)
+        return logits, values
+
+
+def critic_values(
+    critic: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
+) -> torch.Tensor:
+    """The classifier's scalar head applied at every position (not only the last): (B, R)."""
+    backbone = getattr(critic, critic.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # (B, T, H)
+    return score_head(critic)(hidden[:, -n_response - 1 : -1]).squeeze(-1).float()
+
+
+def response_logprobs(
+    logits: torch.Tensor, response_ids: torch.Tensor, temperature: float, pad_id: int
+) -> torch.Tensor:
+    """log pi(token) as the sampler saw it: logits / T with PAD suppressed. (B, R); 0 on PAD.
+
+    PAD fills the positions after EOS; their log-prob would be -inf, and -inf * 0 in a masked
+    mean is NaN, so they read 0 instead (every caller masks them anyway).
+    """
+    from rlhf_exp.methods.ppo.core import logprobs_of
+
+    logits = logits.float() / temperature
+    # generation never samples PAD (its logit is -inf), so neither may the recomputation
+    logits = logits.index_fill(-1, torch.tensor([pad_id], device=logits.device), float("-inf"))
+    is_pad = response_ids == pad_id
+    logp = logprobs_of(logits, response_ids.masked_fill(is_pad, 0))
+    return logp.masked_fill(is_pad, 0.0)
+
+
+class Reference:
+    """Log-probs under the frozen starting policy."""
+
+    def __init__(self, policy: nn.Module, lora: bool) -> None:
+        self.lora = lora
+        self.frozen: nn.Module | None = None  # a copy of the start; None under LoRA
+        if not lora:
+            self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+
+    def to(self, device: torch.device) -> Reference:
+        if self.frozen is not None:
+            self.frozen.to(device)
+        return self
+
+    @contextlib.contextmanager
+    def model(self, policy: nn.Module) -> Iterator[nn.Module]:
+        """The reference model; under LoRA `policy` itself with its adapters switched off."""
+        if self.lora:
+            assert isinstance(policy, peft.PeftModel)
+            with policy.disable_adapter():
+                yield policy
+        else:
+            yield self.frozen
+
+    @torch.no_grad()
+    def logprobs(
+        self,
+        policy: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        temperature: float,
+        pad_id: int,
+    ) -> torch.Tensor:
+        n = response_ids.shape[1]
+        with self.model(policy) as ref:
+            logits = ref(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask),
+                logits_to_keep=n + 1,
+                use_cache=False,
+            ).logits[:, :-1]
+        return response_logprobs(logits, response_ids, temperature, pad_id)
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (adapters + heads under LoRA; everything otherwise)."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def hidden_size(model: Any) -> int:
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or config.n_embd)

@@ -1,0 +1,255 @@
+"""The PPO loop: rollout, then `ppo_epochs` of clipped updates over shuffled minibatches.
+
+    trainer = PPOTrainer(spec, accelerator, model, reference, tokenizer, score_fn, prompts, ...)
+    metrics = trainer.train(on_step=...)   # logs every iteration, checkpoints every save_steps
+
+`accelerator` (accelerate) places tensors, accumulates gradients over micro-batches, syncs
+them across processes and averages metrics, so `accelerate launch --num_processes N` runs this
+unchanged: each process samples its own prompts with its own seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from rlhf_exp.config.ppo import PPOSpec
+from rlhf_exp.errors import Interrupted, NonFiniteError
+from rlhf_exp.methods.ppo import checkpoint, core
+from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference, response_logprobs
+from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect
+from rlhf_exp.training import TrainingGuard
+
+log = logging.getLogger(__name__)
+
+# a NaN/inf in any of these stops the run (the last checkpoint on disk stays a good one)
+FINITE_KEYS = ("train/loss", "objective/scores", "objective/kl", "objective/rlhf_reward")
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+    for key in FINITE_KEYS:
+        if not math.isfinite(metrics[key]):
+            raise NonFiniteError(
+                f"{key} is {metrics[key]} at step {step}; stopped, the last checkpoint before "
+                "it is kept"
+            )
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        spec: PPOSpec,
+        accelerator: Any,
+        model: PolicyAndValue,
+        reference: Reference,
+        tokenizer: Any,
+        score_fn: ScoreFn,
+        prompts: list[str],
+        seed: int,
+        total_steps: int,
+        checkpoint_dir: Any,
+    ) -> None:
+        self.spec, self.accelerator, self.tokenizer = spec, accelerator, tokenizer
+        self.reference, self.score_fn = reference, score_fn
+        self.total_steps, self.checkpoint_dir = total_steps, checkpoint_dir
+        self.schedule = PromptSchedule(
+            prompts,
+            seed,
+            spec.rollout_batch_size,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        # Adam eps 1e-5 (Huang et al. 2022, detail 3): the PyTorch default 1e-8 is less stable
+        optimizer = torch.optim.AdamW(
+            params, lr=spec.learning_rate, eps=spec.adam_eps, weight_decay=spec.weight_decay
+        )
+        self.minibatches = spec.rollout_batch_size // (
+            spec.per_device_train_batch_size * spec.gradient_accumulation_steps
+        )
+        updates = total_steps * spec.ppo_epochs * self.minibatches
+        # stepped by hand once per optimiser step (a prepared scheduler would step once per
+        # process per call), so its state is the same on every process and in a checkpoint
+        self.scheduler = get_scheduler(
+            spec.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=math.ceil(spec.warmup_ratio * updates),
+            num_training_steps=updates,
+        )
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if spec.adaptive_kl:
+            self.kl_ctl = core.AdaptiveKLController(spec.kl_coef, spec.kl_target, spec.kl_horizon)
+        else:
+            self.kl_ctl = core.FixedKLController(spec.kl_coef)
+        self.step = 0
+
+    @property
+    def unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ----------------------------------------------------------------------------- state
+    def save(self) -> None:
+        state = {"kl_ctl": self.kl_ctl.state_dict(), "scheduler": self.scheduler.state_dict()}
+        checkpoint.save(
+            self.checkpoint_dir,
+            self.step,
+            self.unwrapped,
+            self.optimizer.optimizer,
+            state,
+            self.accelerator,
+            self.spec.save_total_limit,
+        )
+
+    def resume(self, path: Any) -> None:
+        state = checkpoint.load(
+            path, self.unwrapped, self.optimizer.optimizer, self.accelerator.process_index
+        )
+        self.step = int(state["step"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        log.info("ppo: resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------------------ loop
+    def train(self, on_step: Callable[[int, dict[str, float]], None]) -> dict[str, float]:
+        """Run iterations up to `total_steps`; `on_step(step, metrics)` sees each one.
+
+        SIGINT/SIGTERM finish the current iteration, checkpoint it and raise `Interrupted`;
+        a non-finite loss, reward or KL raises `NonFiniteError` before that step is saved.
+        """
+        metrics: dict[str, float] = {}
+        guard = TrainingGuard()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="ppo",
+            disable=not self.accelerator.is_main_process,
+        )
+        with guard.handling_signals():
+            while self.step < self.total_steps:
+                metrics = self.iteration()
+                self.step += 1
+                _check_finite(metrics, self.step)
+                bar.update(1)
+                bar.set_postfix(
+                    score=f"{metrics['objective/scores']:.3f}",
+                    kl=f"{metrics['objective/kl']:.3f}",
+                )
+                on_step(self.step, metrics)
+                stop = self._any_process_signalled(guard)
+                if stop or self.step % self.spec.save_steps == 0 or self.step == self.total_steps:
+                    self.save()
+                if stop:
+                    bar.close()
+                    raise Interrupted(Path(self.checkpoint_dir).parent, self.step)
+        bar.close()
+        return metrics
+
+    def _any_process_signalled(self, guard: TrainingGuard) -> bool:
+        """True on every process once any of them got a signal, so they all save and stop."""
+        flag = torch.tensor(float(guard.stop_signal is not None), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "sum").item() > 0)
+
+    def iteration(self) -> dict[str, float]:
+        spec, acc = self.spec, self.accelerator
+        t0 = time.perf_counter()
+        batch, seq_stats = collect(
+            self.unwrapped,
+            self.reference,
+            self.tokenizer,
+            self.schedule(self.step),
+            self.score_fn,
+            spec,
+            self.kl_ctl.value,
+            acc.device,
+        )
+        t1 = time.perf_counter()
+        update_stats = self.update(batch)
+        t2 = time.perf_counter()
+
+        # one all-reduce for every metric: per-process means, averaged over processes
+        local = {k: v.float().mean() for k, v in seq_stats.items()} | update_stats
+        local["throughput/response_tokens"] = batch.mask.sum()
+        keys = sorted(local)
+        reduced = acc.reduce(torch.stack([local[k].detach().float() for k in keys]), "mean")
+        metrics = dict(zip(keys, reduced.tolist(), strict=True))
+        tokens = metrics.pop("throughput/response_tokens") * acc.num_processes
+        metrics |= {
+            "objective/kl_coef": self.kl_ctl.value,
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "time/rollout_s": t1 - t0,
+            "time/update_s": t2 - t1,
+            "throughput/tokens_per_s": tokens / (t2 - t0),
+            "train/loss": metrics["policy/pg_loss"] + spec.vf_coef * metrics["val/vf_loss"],
+            "train/kl": metrics["objective/kl"],
+        }
+        # beta follows the KL of the rollout just taken (Ziegler et al. 2019, sec. 2.2)
+        self.kl_ctl.update(metrics["objective/kl"], spec.rollout_batch_size * acc.num_processes)
+        return metrics
+
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        """`ppo_epochs` passes over shuffled minibatches; means of the per-micro-batch stats."""
+        spec, acc = self.spec, self.accelerator
+        micro, B = spec.per_device_train_batch_size, batch.mask.shape[0]
+        n_response = batch.response_ids.shape[1]
+        pad_id = self.tokenizer.pad_token_id
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        first: dict[str, torch.Tensor] = {}
+        for epoch in range(spec.ppo_epochs):
+            # a fresh shuffle each epoch (torch global RNG: per process, checkpointed)
+            order = torch.randperm(B)
+            for mb_start in range(0, B, micro * spec.gradient_accumulation_steps):
+                mb_first = epoch == 0 and mb_start == 0
+                for start in range(
+                    mb_start, mb_start + micro * spec.gradient_accumulation_steps, micro
+                ):
+                    mb = batch.select(order[start : start + micro].to(batch.mask.device))
+                    with acc.accumulate(self.model):
+                        logits, values = self.model(mb.input_ids, mb.attention_mask, n_response)
+                        logprobs = response_logprobs(
+                            logits, mb.response_ids, spec.temperature, pad_id
+                        )  # (b, R)
+                        pg_loss, pg = core.policy_loss(
+                            logprobs, mb.logprobs, mb.advantages, mb.mask, spec.cliprange
+                        )
+                        vf_loss, vf_clipfrac = core.value_loss(
+                            values, mb.values, mb.returns, mb.mask, spec.cliprange_value
+                        )
+                        loss = pg_loss + spec.vf_coef * vf_loss
+                        acc.backward(loss)
+                        if acc.sync_gradients:
+                            acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
+                        self.optimizer.step()
+                        if acc.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    stats = {
+                        "policy/pg_loss": pg_loss.detach(),
+                        "policy/approxkl": pg.approxkl,
+                        "policy/clipfrac": pg.clipfrac,
+                        "policy/ratio_mean": pg.ratio_mean,
+                        "val/vf_loss": vf_loss.detach(),
+                        "val/clipfrac": vf_clipfrac,
+                    }
+                    if mb_first:
+                        # before any optimiser step the recomputed log-probs must equal the
+                        # rollout's: ratio 1, approx KL 0, no clipping (a bug detector)
+                        checks = {
+                            "check/first_ratio_max_dev": pg.ratio_max_dev,
+                            "check/first_approxkl": pg.approxkl,
+                            "check/first_clipfrac": pg.clipfrac,
+                        }
+                        for k, v in checks.items():  # worst over the minibatch's micro-batches
+                            first[k] = torch.maximum(first.get(k, v), v)
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0) + v
+                    count += 1
+        return {k: v / count for k, v in sums.items()} | first
