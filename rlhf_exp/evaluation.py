@@ -1,7 +1,9 @@
 """Shared evaluation of a policy on held-out prompts: sample, then score with reward functions.
 
-Every method reports these numbers the same way, under the same keys, so runs compare.
-(The full suite of issue 5 — KL, BLEU, win rates, samples tables — grows here.)
+Every method reports these numbers the same way, under the same keys, so runs compare:
+`evaluate_policy` is the cheap periodic check during training (gold reward, length);
+`final_evaluation` (via `evaluate_alignment`) the full end-of-run comparison with the
+reference (SFT) policy: gold and RM reward, KL, BLEU, win rates, diversity, samples table.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def samples_table(
     """Markdown: prompt, reference completion, SFT and policy completions, gold scores."""
 
     def cell(text: str) -> str:
-        return text.replace("|", "/").replace("\n", " ").strip()
+        return text.replace("|", "\\|").replace("\n", " ").strip()
 
     lines = [
         "| prompt | reference | SFT | policy | gold SFT | gold policy |",
@@ -306,3 +308,63 @@ def _adapters_off(policy: Any) -> Any:
             yield policy
 
     return context()
+
+
+def reward_model_scorer(ctx: Any) -> Callable[[list[str], list[str]], list[float]]:
+    """The learned reward model of this run's model+dataset (from the cache) as a scorer."""
+    from rlhf_exp.models import load_reward_model, load_tokenizer
+    from rlhf_exp.rewards.model_scorer import RewardModelScorer
+    from rlhf_exp.runner import upstream_run
+
+    run = ctx.run
+    rm_dir = str(ctx.upstream("reward"))
+    rm = load_reward_model(rm_dir, run.model, load_tokenizer(rm_dir, run.model))
+    rm_spec = upstream_run(run, "reward").method
+    return RewardModelScorer(
+        rm.eval().requires_grad_(False),
+        load_tokenizer(rm_dir, run.model),
+        rm_spec.max_length,
+        run.eval.batch_size,
+    )
+
+
+def final_evaluation(
+    ctx: Any,
+    policy: Any,
+    tokenizer: Any,
+    task: Any,
+    *,
+    reference: Any | None = None,
+    rm_scorer: Callable[[list[str], list[str]], list[float]] | None = None,
+) -> dict[str, float]:
+    """`evaluate_alignment` on the task's held-out prompts, as every policy method ends.
+
+    Adds `eval/gold_reward_gain` (policy minus reference), logs the samples table to
+    TensorBoard and writes it to `<run dir>/samples.md`. `rm_scorer` None with
+    `eval.reward_model` loads the cached reward model. Returns {} when the task has no
+    evaluation prompts.
+    """
+    from rlhf_exp.artifacts import atomic_write_text
+
+    if task.eval_prompts is None or len(task.eval_prompts) == 0:
+        return {}
+    run = ctx.run
+    if rm_scorer is None and run.eval.reward_model:
+        rm_scorer = reward_model_scorer(ctx)
+    metrics, table = evaluate_alignment(
+        policy,
+        tokenizer,
+        task.eval_prompts,
+        run.eval,
+        seed=run.seed,
+        gold_reward=task.gold_reward,
+        reference=reference,
+        rm_scorer=rm_scorer,
+    )
+    if "eval/gold_reward" in metrics:
+        metrics["eval/gold_reward_gain"] = (
+            metrics["eval/gold_reward"] - metrics["eval/sft/gold_reward"]
+        )
+    ctx.tracker.log_text("eval/samples", table)
+    atomic_write_text(ctx.run_dir / "samples.md", table + "\n")
+    return metrics

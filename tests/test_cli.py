@@ -13,7 +13,13 @@ from tests.conftest import run_cli
 def test_help_lists_groups_and_options():
     result = run_cli("--help")
     assert result.returncode == 0
-    for line in ["method: reward, sft", "lora: default, none", "debug: fast", "dataset: files"]:
+    for line in [
+        "method: dpo, eval, ppo, reward, sft",
+        "lora: default, none",
+        "debug: fast",
+        "dataset: files",
+        "arm: dpo_beta_0.05, dpo_beta_0.1",
+    ]:
         assert line in result.stdout
 
 

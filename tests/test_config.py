@@ -10,10 +10,13 @@ from rlhf_exp.config.schema import check_paths, validate
 from rlhf_exp.errors import ConfigError
 from rlhf_exp.runner import CONF_DIR
 
-GROUPS = ["model", "dataset", "method", "lora", "logger", "experiment", "debug"]
+GROUPS = ["model", "dataset", "method", "lora", "logger", "arm", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 # Options that need a value the user must supply.
-REQUIRED = {("dataset", "files"): ["+dataset.data_files.preference=pairs.jsonl"]}
+REQUIRED = {
+    ("dataset", "files"): ["+dataset.data_files.preference=pairs.jsonl"],
+    ("method", "eval"): ["policy_path=some/run/model"],
+}
 
 
 def test_every_group_has_options():
@@ -25,6 +28,10 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
     run = validate(compose_cfg(f"{group}={option}", *REQUIRED.get((group, option), [])))
     if group in ("model", "dataset", "method"):
         assert getattr(run, group).name == option
+    if group == "arm":  # dpo_beta_0.1 -> method=dpo with beta=0.1
+        method, knob, value = option.split("_")
+        knob = str(getattr(run.method, type(run.method).KL_KNOB))
+        assert run.method.name == method and knob == value
     if group == "lora":
         assert run.lora.enabled is (option == "default")
     if group == "debug":

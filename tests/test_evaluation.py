@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rlhf_exp.config.schema import EvalSpec
-from rlhf_exp.evaluation import Samples, evaluate_policy, score_samples
+from rlhf_exp.evaluation import Samples, evaluate_alignment, evaluate_policy, score_samples
 
 
 def test_score_samples_means_and_stats():
@@ -22,3 +24,91 @@ def test_evaluate_policy_uses_gold_reward_and_is_seeded(tiny_lm):
     assert len(s1.prompts) == 2
     assert {"eval/gold_reward", "eval/gold_reward_std", "eval/length_mean"} <= set(m1)
     assert -1.0 <= m1["eval/gold_reward"] <= 1.0
+
+
+def _prompts():
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt": ["the film", "the film number 2", "it was", "the film number 7 was"],
+            "reference": [" was fine.", " was fine and then it ended.", " fine.", " fine."],
+        }
+    )
+
+
+def test_policy_against_itself_has_zero_kl_and_half_win_rate(tiny_lm):
+    model, tok = tiny_lm
+    spec = EvalSpec(max_new_tokens=8)
+    metrics, table = evaluate_alignment(
+        model, tok, _prompts(), spec, seed=0, gold_reward="vader_sentiment", reference=model
+    )
+    assert metrics["eval/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["eval/win_rate_gold"] == 0.5
+    assert metrics["eval/greedy/win_rate_gold"] == 0.5
+    assert metrics["eval/gold_reward"] == metrics["eval/sft/gold_reward"]
+    ci = (metrics["eval/gold_reward_ci_low"], metrics["eval/gold_reward_ci_high"])
+    assert ci[0] <= metrics["eval/gold_reward"] <= ci[1]
+    assert 0.0 <= metrics["eval/bleu"] <= 1.0 and 0.0 < metrics["eval/distinct_1"] <= 1.0
+    assert table.count("\n") == 1 + 4 and "the film number 2" in table
+
+
+def test_kl_of_changed_lora_policy_against_disabled_adapters_is_positive(tiny_lm):
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    )
+    spec = EvalSpec(max_new_tokens=8, greedy=False)
+    same, _ = evaluate_alignment(peft_model, tok, _prompts(), spec, seed=0, gold_reward=None)
+    assert same["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # zero-initialised adapters
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    changed, _ = evaluate_alignment(peft_model, tok, _prompts(), spec, seed=0, gold_reward=None)
+    assert changed["eval/kl"] > 0.01
+    assert "eval/win_rate_gold" not in changed and "eval/greedy/gold_reward" not in changed
+
+
+def test_completion_logprobs_reproduce_sampling_logprobs(tiny_lm):
+    import torch
+
+    from rlhf_exp.evaluation import completion_logprobs
+    from rlhf_exp.generation import generate
+
+    model, tok = tiny_lm
+    torch.manual_seed(0)
+    rollout = generate(
+        model,
+        tok,
+        list(_prompts()["prompt"]),
+        max_new_tokens=8,
+        temperature=0.7,
+        return_logprobs=True,
+    )
+    sums = completion_logprobs(model, rollout, temperature=0.7, pad_id=tok.pad_token_id)
+    assert sums == pytest.approx(rollout.logprobs.sum(1).tolist(), abs=1e-4)
+    hot = completion_logprobs(model, rollout, temperature=5.0, pad_id=tok.pad_token_id)
+    assert hot != pytest.approx(sums, abs=1e-3)
+
+
+def test_samples_table_escapes_pipes_and_line_breaks():
+    from rlhf_exp.evaluation import _Side, samples_table
+
+    def side(texts: list[str], gold: list[float]) -> _Side:
+        return _Side(Samples(["a | b", "c"], texts, [1, 1], [True, True]), None, gold, None)
+
+    table = samples_table(
+        ["a | b", "c"],
+        ["ref", "ref2"],
+        side(["good", "great"], [0.5, 0.9]),
+        side(["x\ny", "z"], [0.1, -0.2]),
+    )
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| prompt | reference | SFT | policy |")
+    assert lines[2] == "| a \\| b | ref | x y | good | 0.10 | 0.50 |"

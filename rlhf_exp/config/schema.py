@@ -129,7 +129,21 @@ def _method_specs() -> dict[str, type[TrainSpec]]:
     from rlhf_exp.config.dpo import DPOSpec
     from rlhf_exp.config.ppo import PPOSpec
 
-    return {"sft": SFTSpec, "reward": RewardSpec, "dpo": DPOSpec, "ppo": PPOSpec}
+    return {
+        "sft": SFTSpec,
+        "reward": RewardSpec,
+        "dpo": DPOSpec,
+        "ppo": PPOSpec,
+        "eval": EvalMethodSpec,
+    }
+
+
+@dataclass
+class EvalMethodSpec(TrainSpec):
+    """`method=eval policy_path=DIR`: evaluate a saved policy, no training (the inherited
+    training knobs are unused; they exist so presets like debug=fast apply to every method)."""
+
+    name: str = "eval"
 
 
 @dataclass
@@ -141,6 +155,9 @@ class EvalSpec:
     greedy: bool = True  # also report greedy decoding (eval/greedy/*) next to sampling
     batch_size: int = _f(64, ge=1)
     num_prompts: int | None = _f(None, ge=1)  # null: every held-out prompt
+    # also score completions with the learned reward model of the same model+dataset (from
+    # the artifact cache, trained there first if missing), for eval/rm_reward and win_rate_rm
+    reward_model: bool = True
 
 
 # ------------------------------------------------------------------------------ run level
@@ -183,6 +200,11 @@ class RunConfig:
     upstream: UpstreamSpec
     logger: LoggerSpec
     eval: EvalSpec = field(default_factory=EvalSpec)
+    resume_from: str | None = None  # "latest" (in this run dir) or a checkpoint dir
+    # method=eval only: the saved policy to evaluate, and the reference to compare it with
+    # (null: the SFT policy of this model+dataset, from the artifact cache)
+    policy_path: str | None = None
+    reference_path: str | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -277,6 +299,12 @@ def _cross_checks(run: RunConfig) -> None:
             run.method.max_length,
             f"must be <= model.tiny.n_positions={tiny.n_positions}",
         )
+    if run.method.name == "eval" and run.policy_path is None:
+        raise ConfigError("policy_path", None, "method=eval needs policy_path=<a saved model dir>")
+    if run.method.name != "eval":
+        for key in ("policy_path", "reference_path"):
+            if getattr(run, key) is not None:
+                raise ConfigError(key, getattr(run, key), "only method=eval takes it")
     if run.lora.enabled and not run.model.lora_target_modules:
         raise ConfigError("model.lora_target_modules", [], "list the modules LoRA wraps")
     data = run.dataset
@@ -308,6 +336,12 @@ def check_paths(run: RunConfig) -> None:
     for split, path in run.dataset.data_files.items():
         if not Path(path).is_file():
             raise ConfigError(f"dataset.data_files.{split}", path, "no such file")
+    for key in ("policy_path", "reference_path"):
+        path = getattr(run, key)
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ConfigError(key, path, "a saved model dir (with config.json)")
+    if run.resume_from not in (None, "latest") and not Path(run.resume_from).is_dir():
+        raise ConfigError("resume_from", run.resume_from, "'latest' or an existing checkpoint dir")
     for stage in ("sft", "reward"):
         path = getattr(run.upstream, stage).path
         if path is not None and not Path(path).is_dir():

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rlhf_exp.runner import RunContext
 
 RunFn = Callable[["RunConfig", "RunContext"], dict[str, Any]]
-BUILTIN_MODULES = ("sft", "reward")
+BUILTIN_MODULES = ("sft", "reward", "dpo", "ppo", "evaluate")
 
 
 @dataclass(frozen=True)

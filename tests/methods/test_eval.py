@@ -1,0 +1,28 @@
+"""`method=eval`: the shared evaluation of a saved policy, here the SFT policy against itself,
+where every comparison has a known answer (KL 0, win rate one half, equal scores)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf_exp.artifacts import ArtifactCache
+from rlhf_exp.config.schema import validate
+from rlhf_exp.runner import execute, stage_key, upstream_run
+
+
+@pytest.mark.slow
+def test_policy_against_itself_has_zero_kl_and_even_win_rate(run_method, compose_cfg, shared_cache):
+    run = validate(compose_cfg("debug=fast", f"paths.cache_dir={shared_cache}"))
+    cache = ArtifactCache(shared_cache)
+    sft = upstream_run(run, "sft")  # the cache entry method=eval takes its reference from
+    sft_dir = cache.get_or_build("sft", stage_key(sft), lambda tmp: execute(sft, tmp, cache))
+    metrics, run_dir, _, _ = run_method("method=eval", f"policy_path={sft_dir}/model")
+    assert metrics["method"] == "eval"
+    assert metrics["eval/kl"] == pytest.approx(0.0, abs=1e-4)
+    assert metrics["eval/win_rate_gold"] == 0.5 and metrics["eval/win_rate_rm"] == 0.5
+    assert metrics["eval/gold_reward"] == metrics["eval/sft/gold_reward"]
+    assert metrics["eval/gold_reward_gain"] == 0.0
+    assert metrics["eval/sft/gold_reward_ci_low"] <= metrics["eval/sft/gold_reward"]
+    assert 0 <= metrics["eval/distinct_2"] <= 1 and metrics["eval/length_mean"] > 0
+    assert "| prompt |" in (run_dir / "samples.md").read_text()
+    assert not (run_dir / "model").exists()  # evaluation writes no model
