@@ -10,6 +10,7 @@ Range rules live in field metadata: `gt`/`ge`/`lt`/`le` bounds and `choices`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -328,10 +329,24 @@ def _check_split_map(key: str, mapping: dict[str, str], target: str) -> None:
             )
 
 
+# "gpt2", "org/model-v1.5": a model name that is not a local path is taken as a hub id.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` (that is not a local path) can only mean a model on the hub."""
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    return not looks_like_path and HUB_ID.fullmatch(name) is not None
+
+
 def check_paths(run: RunConfig) -> None:
     """Paths the config names must exist before anything loads (kept out of `validate` so
     configs can be composed and checked on machines without the data)."""
     from pathlib import Path
+
+    name = run.model.name_or_path
+    if name is not None and not Path(name).expanduser().exists() and not is_hub_id(name):
+        raise ConfigError("model.name_or_path", name, "a local model dir or a hub id like 'gpt2'")
 
     for split, path in run.dataset.data_files.items():
         if not Path(path).is_file():

@@ -12,7 +12,6 @@ print(count_parameters(load_causal_lm('/tmp/tiny', ModelSpec())))"
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +36,8 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from rlhf_exp.config.schema import LoraSpec, ModelSpec
+from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
+from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
 # Layer types peft's LoRA can wrap: what `model.lora_target_modules` may name.
 LINEAR = (nn.Linear, Conv1D)  # Conv1D: GPT-2's transposed linear layer
 LORA_LAYER_TYPES = (*LINEAR, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# "gpt2", "org/model-v1.5": anything else that doesn't exist locally is treated as a missing path.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 T = TypeVar("T")
 
@@ -59,8 +57,7 @@ def _resolve(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
-    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
-    if looks_like_path or not _HUB_ID.fullmatch(name_or_path):
+    if not is_hub_id(name_or_path):
         raise UserError(
             f"model.name_or_path={name_or_path!r} does not exist "
             "(a local model dir or a hub id like 'gpt2')"
@@ -288,8 +285,10 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
     """Save a plain checkpoint (safetensors) + tokenizer that `from_pretrained` reloads.
 
     LoRA adapters are merged into the base weights first. The merge happens in place, so the
-    `model` passed in must not be trained further afterwards.
+    `model` passed in must not be trained further afterwards. Only rank 0 writes.
     """
+    if not is_main_process():
+        return
     if isinstance(model, peft.PeftModel):
         model = model.merge_and_unload()
     out_dir = Path(out_dir)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def _reward_name(spec: PPOSpec, cfg: RunConfig) -> str | None:
     """The reward function's registered name, or None for the learned reward model."""
-    from rlhf_exp.rewards import get_reward
+    from rlhf_exp.rewards import reward_names
 
     if spec.reward == "model":
         return None
@@ -41,24 +41,10 @@ def _reward_name(spec: PPOSpec, cfg: RunConfig) -> str | None:
         raise ConfigError(
             "method.reward", spec.reward, f"dataset {cfg.dataset.name!r} has no gold_reward"
         )
-    get_reward(name)  # unknown: a UserError listing the registered names
+    if name not in reward_names():
+        valid = ", ".join(["model", "gold", *reward_names()])
+        raise ConfigError("method.reward", name, f"choose one of {valid} (registered functions)")
     return name
-
-
-def _check_upstream_cached(cfg: RunConfig, ctx: Any, stages: list[str]) -> None:
-    """Under several processes an upstream stage can't be trained here (its trainer would
-    wait on processes blocked on the cache lock), so it must already be in the cache."""
-    from rlhf_exp.runner import stage_key, upstream_run
-
-    for stage in stages:
-        if (
-            getattr(cfg.upstream, stage).path is None
-            and ctx.cache.lookup(stage, stage_key(upstream_run(cfg, stage))) is None
-        ):
-            raise UserError(
-                f"upstream stage {stage!r} is not in the cache; build it with one process "
-                f"first (python run.py method={stage} with the same model/dataset/lora/debug)"
-            )
 
 
 @register("ppo", needs=("sft", "reward"))
@@ -96,8 +82,6 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         cpu=not torch.cuda.is_available(),
     )
-    if accelerator.num_processes > 1:
-        _check_upstream_cached(cfg, ctx, ["sft", "reward"] if needs_rm else ["sft"])
     main = accelerator.is_main_process
 
     sft_dir = str(ctx.upstream("sft"))
