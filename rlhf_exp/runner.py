@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree
 from rlhf_exp.config.schema import DatasetSpec, RunConfig, check_paths, method_spec, validate
+from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import Interrupted, UserError
 from rlhf_exp.tracking import Tracker, summary_table
 
@@ -76,10 +80,42 @@ class RunContext:
         if source.path is not None:
             return Path(source.path)
         child = upstream_run(self.run, stage)
-        entry = self.cache.get_or_build(
-            stage, stage_key(child), lambda tmp: execute(child, tmp, self.cache)
-        )
-        return entry / "model"
+        if (
+            int(os.environ.get("WORLD_SIZE", "1")) > 1
+            and self.cache.lookup(stage, stage_key(child)) is None
+        ):
+            # Trained here, the stage's trainer would wait for ranks that are blocked on the
+            # cache lock: a deadlock. One process builds it first.
+            raise UserError(
+                f"upstream stage {stage!r} is not in the cache; build it with one process first "
+                f"(the same command without accelerate launch, or python run.py method={stage} "
+                "with the same model/dataset/lora/debug)"
+            )
+
+        def build(tmp: Path) -> None:
+            # Training the stage here (a cache miss) draws random numbers; without this, a
+            # run's results would depend on whether its upstream stages were cached.
+            with preserved_rng():
+                execute(child, tmp, self.cache)
+
+        return self.cache.get_or_build(stage, stage_key(child), build) / "model"
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Python, NumPy and torch (CPU and CUDA) random states are as before on exit."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
 
 
 def upstream_run(run: RunConfig, stage: str) -> RunConfig:
@@ -120,7 +156,8 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s: starting in %s", run.method.name, run_dir)
     set_seed(run.seed)
-    ctx = RunContext(run, run_dir, cache, Tracker(run_dir, run.logger.tensorboard))
+    tracker = Tracker(run_dir, run.logger.tensorboard, writes=is_main_process())
+    ctx = RunContext(run, run_dir, cache, tracker)
     try:
         metrics = {"method": run.method.name, **method.run(run, ctx)}
         hparams: dict[str, Any] = {"method": run.method.name, "seed": run.seed}
@@ -149,14 +186,23 @@ def main(cfg: DictConfig) -> float | None:
 
         method = get_method(run.method.name)
         run_dir = Path(run.paths.output_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            run_dir / "config.yaml",
-            OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True),
+        config_text = OmegaConf.to_yaml(
+            {k: v for k, v in cfg.items() if k != "hydra"}, resolve=True
         )
+        if multirun:  # a re-run of a sweep in the same sweep dir
+            state = _previous_attempt(run_dir, config_text)
+            if state == "finished":
+                log.info("%s: finished before with this config; skipped", run_dir)
+                return json.loads((run_dir / "metrics.json").read_text()).get("objective")
+            if state == "resumable" and run.resume_from is None:
+                log.info("%s: interrupted before; resuming from its latest checkpoint", run_dir)
+                run = dataclasses.replace(run, resume_from="latest")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            atomic_write_text(run_dir / "config.yaml", config_text)
         cache = ArtifactCache(Path(run.paths.cache_dir))
         metrics = execute(run, run_dir, cache)
-        if method.produces_model:
+        if method.produces_model and is_main_process():
             _publish(cache, run, run_dir)
     except Interrupted as err:
         _record_failure(cfg, f"interrupted at step {err.step}")
@@ -180,6 +226,23 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get("objective")
 
 
+def _previous_attempt(run_dir: Path, config_text: str) -> str | None:
+    """ "finished" or "resumable" when `run_dir` holds an earlier run of the same config
+    (`resume_from` aside), else None."""
+    from rlhf_exp.training import has_complete_checkpoint
+
+    def same(text: str) -> bool:
+        strip = [ln for ln in text.splitlines() if not ln.startswith("resume_from:")]
+        return strip == [ln for ln in config_text.splitlines() if not ln.startswith("resume_from:")]
+
+    config_file, metrics_file = run_dir / "config.yaml", run_dir / "metrics.json"
+    if not config_file.is_file() or not same(config_file.read_text()):
+        return None
+    if metrics_file.is_file() and json.loads(metrics_file.read_text()).get("status") != "failed":
+        return "finished"
+    return "resumable" if has_complete_checkpoint(run_dir / "checkpoints") else None
+
+
 def _resume_command(run_dir: object) -> str:
     from hydra.core.hydra_config import HydraConfig
 
@@ -200,6 +263,8 @@ def _in_multirun() -> bool:
 
 def _record_failure(cfg: DictConfig, error: str) -> None:
     """`metrics.json` with `status: failed`, when the run dir is known; never raises."""
+    if not is_main_process():
+        return
     try:
         run_dir = Path(cfg.paths.output_dir)
         method = OmegaConf.select(cfg, "method.name", default="?")

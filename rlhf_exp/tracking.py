@@ -15,17 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_exp.artifacts import atomic_write_text
+from rlhf_exp.memory import PeakMemory
 
 log = logging.getLogger(__name__)
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    """`writes=False` (processes other than rank 0) keeps everything in memory."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, writes: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.writes = writes
         self.tb_dir = self.run_dir / "tensorboard"
         self.started = time.perf_counter()
+        self.memory = PeakMemory().start()
         self._writer = None
-        if tensorboard:
+        if tensorboard and writes:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.tb_dir))
@@ -62,7 +67,11 @@ class Tracker:
     ) -> dict[str, Any]:
         """Log final metrics (and `hparams` for TensorBoard's HParams dashboard), write
         `metrics.json` atomically, close the writer."""
-        metrics = {**metrics, "time/wall_s": round(self.elapsed(), 2)}
+        metrics = {
+            **metrics,
+            "time/wall_s": round(self.elapsed(), 2),
+            "memory/peak_rss_mb": round(self.memory.stop(), 1),
+        }
         self.log_scalars({k: v for k, v in metrics.items() if "/" in k}, step)
         if hparams and self._writer is not None:
             numeric = {k: v for k, v in metrics.items() if _is_number(v) and "/" in k}
@@ -70,11 +79,13 @@ class Tracker:
             self._writer.add_hparams(
                 hparams, {f"hparam/{k}": v for k, v in numeric.items()}, run_name="."
             )
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        if self.writes:
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         self.close()
         return metrics
 
     def close(self) -> None:
+        self.memory.stop()
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()

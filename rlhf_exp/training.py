@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from transformers import TrainerCallback
 
 from rlhf_exp.errors import Interrupted, NonFiniteError, UserError
@@ -55,6 +56,9 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": False,  # no accelerator to pin for on CPU; avoids a warning
+        # Without a GPU: otherwise processes started by `accelerate launch` each train alone
+        # on the full data instead of as ranks of one (gloo) group.
+        "use_cpu": not torch.cuda.is_available(),
     }
 
 
@@ -104,6 +108,17 @@ class TrainingGuard(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        # A NaN/inf loss makes its gradients non-finite: stop before the optimiser writes them
+        # into the weights and before any checkpoint of this step (the loss itself is only
+        # seen at the next log, possibly after a save).
+        grads = [p.grad for p in kw["model"].parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            raise NonFiniteError(
+                f"train/loss gradient is not finite at step {state.global_step + 1}; stopped, "
+                "the last checkpoint before it is kept"
+            )
+
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
     ) -> None:
@@ -117,7 +132,7 @@ class TrainingGuard(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if checkpoint.is_dir():
+        if state.is_world_process_zero and checkpoint.is_dir():
             (checkpoint / CHECKPOINT_COMPLETE).write_text(f"{state.global_step}\n")
 
 
@@ -127,6 +142,11 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
         p for p in Path(checkpoint_dir).glob("checkpoint-*") if (p / CHECKPOINT_COMPLETE).is_file()
     ]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def has_complete_checkpoint(checkpoint_dir: Path) -> bool:
+    """Whether any method (trainer `checkpoint-N`, PPO `step-N`) left a complete checkpoint."""
+    return any(p.is_file() for p in Path(checkpoint_dir).glob(f"*/{CHECKPOINT_COMPLETE}"))
 
 
 def resume_checkpoint(ctx: RunContext) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -28,6 +29,7 @@ def test_scalars_and_metrics_round_trip(tmp_path: Path):
     assert "note" not in scalars and "method" not in scalars
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == final and on_disk["eval/accuracy"] == 0.75 and on_disk["time/wall_s"] >= 0
+    assert on_disk["memory/peak_rss_mb"] > 10  # this Python process, torch loaded
 
 
 def test_tensorboard_off_writes_only_metrics(tmp_path: Path):
@@ -62,3 +64,17 @@ def test_hparams_land_in_the_run_dir_for_the_hparams_dashboard(tmp_path: Path):
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     tags = {m.name.tag for m in experiment.experiment.metric_infos}
     assert "hparam/eval/gold_reward" in tags
+
+
+def test_peak_memory_sees_an_allocation_made_while_it_runs():
+    from rlhf_exp.memory import PeakMemory, current_rss_bytes
+
+    meter = PeakMemory(interval=0.01).start()
+    before = current_rss_bytes()
+    block = bytearray(200 * 2**20)  # 200 MiB, touched so it is resident
+    block[::4096] = b"x" * len(block[::4096])
+    time.sleep(0.1)
+    del block
+    peak_mb = meter.stop()
+    assert peak_mb >= before / 2**20 + 150
+    assert meter.stop() == peak_mb  # stopping twice changes nothing

@@ -14,13 +14,14 @@ with the SFT policy on the held-out prompts (`eval/*` next to `eval/sft/*`, `eva
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
 from rlhf_exp.config.dpo import DPOSpec
 from rlhf_exp.config.schema import RunConfig
-from rlhf_exp.errors import UserError
+from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.evaluation import final_evaluation
 from rlhf_exp.methods import register
 from rlhf_exp.models import (
@@ -105,7 +106,19 @@ def _reference_policy(trainer: DPOTrainer, cfg: RunConfig, init: str) -> Any | N
 
 @register("dpo", needs=("sft",))
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
+    spec: DPOSpec = cfg.method  # type: ignore[assignment]
+    if spec.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # TRL maps the precomputed log-probs onto our in-memory datasets on the main process
+        # first; the other ranks then look for its temporary cache files and fail (measured
+        # with 2 CPU processes). Without precomputation the reference runs every step.
+        raise ConfigError(
+            "method.precompute_ref_log_probs",
+            True,
+            "false when training with several processes (accelerate launch)",
+        )
     init = str(ctx.upstream("sft"))
+    if cfg.eval.reward_model:
+        ctx.upstream("reward")  # the final evaluation's RM: resolved now, not after training
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
     task = ctx.task(tokenizer)

@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlhf_exp.runner import stage_key, upstream_run
-from tests.methods.weights import changed_tensors, load_weights
+from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
 pytestmark = pytest.mark.slow
 
@@ -94,11 +94,7 @@ def test_dpo_lora_changes_only_adapted_weights(run_method):
     assert sft_entry is not None
     sft, dpo = load_weights(sft_entry / "model"), load_weights(run_dir / "model")
     assert set(sft) == set(dpo)  # merged: no adapter tensors in the saved policy
-    adapted = {
-        name
-        for name in sft
-        if name.endswith(".weight") and name.split(".")[-2] in run.model.lora_target_modules
-    }
+    adapted = lora_targets(sft, run.model.lora_target_modules)
     assert adapted, "the tiny model should have LoRA targets"
     assert changed_tensors(sft, dpo) == adapted
 

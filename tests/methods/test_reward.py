@@ -11,7 +11,7 @@ import pytest
 
 from rlhf_exp.runner import stage_key, upstream_run
 from tests.conftest import ROOT, run_cli
-from tests.methods.weights import changed_tensors, load_weights
+from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,7 @@ def test_reward_lora_trains_adapters_and_head_only(run_method):
     sft = load_weights(sft_entry / "model")
     rm = load_weights(run_dir / "model")
     trunk = {name for name in sft if name.startswith("transformer.")}
-    adapted = {
-        n
-        for n in trunk
-        if n.endswith(".weight") and n.split(".")[-2] in run.model.lora_target_modules
-    }
+    adapted = lora_targets(trunk, run.model.lora_target_modules)
     assert changed_tensors({n: sft[n] for n in trunk}, rm) == adapted
     assert "score.weight" in rm and "lm_head.weight" not in rm
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhf_exp.runner import RunContext
 from rlhf_exp.tracking import Tracker
-from tests.methods.weights import changed_tensors, load_weights
+from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
 pytestmark = __import__("pytest").mark.slow
 
@@ -39,10 +39,6 @@ def test_sft_lora_changes_only_adapted_weights(run_method):
     base_dir = RunContext(run, run_dir, cache, Tracker(run_dir, tensorboard=False)).base_model()
     base, tuned = load_weights(base_dir), load_weights(run_dir / "model")
     assert set(base) == set(tuned)  # merged: no adapter tensors left in the saved policy
-    adapted = {
-        name
-        for name in base
-        if name.endswith(".weight") and name.split(".")[-2] in run.model.lora_target_modules
-    }
+    adapted = lora_targets(base, run.model.lora_target_modules)
     assert adapted, "the tiny model should have LoRA targets"
     assert changed_tensors(base, tuned) == adapted

@@ -1,0 +1,52 @@
+"""Peak resident memory of one run, also when several runs share a process (a multirun).
+
+`resource.getrusage` only knows the peak of the whole process, so a second job in the same
+process would inherit the first one's peak; this samples `/proc/self/statm` in a background
+thread instead, from the run's start to its end (short spikes between samples are missed).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import threading
+from pathlib import Path
+
+_STATM = Path("/proc/self/statm")
+
+
+def current_rss_bytes() -> int:
+    """Resident memory now; without /proc (macOS) the process's lifetime peak instead."""
+    if _STATM.is_file():
+        return int(_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakMemory:
+    """`start()` ... `stop()` -> peak RSS in MiB over that span, sampled every `interval` s."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, current_rss_bytes())
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """Stop sampling (again: a no-op) and return the peak in MiB."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, current_rss_bytes())
+        return self.peak / 2**20
