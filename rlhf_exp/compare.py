@@ -12,6 +12,7 @@ failed with the last error line of its log. A run's knob is its method's KL knob
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -37,7 +38,15 @@ COLUMNS = [
     ("time/wall_s", "wall s"),
     ("memory/peak_rss_mb", "peak MB"),
 ]
-CURVE_TAGS = ["objective/scores", "objective/kl", "train/loss", "eval/gold_reward"]
+# Plotted for each method that logged them (PPO: the objective/*; DPO: train/rewards/*).
+CURVE_TAGS = [
+    "objective/scores",
+    "objective/kl",
+    "eval/gold_reward",
+    "train/rewards/margins",
+    "train/rewards/accuracies",
+    "train/loss",
+]
 
 
 @dataclass
@@ -194,35 +203,60 @@ def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
     return path
 
 
-def _scalars(job: Job, tag: str) -> list[tuple[int, float]]:
+@functools.cache
+def _event_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a run, (step, value) in step order; of several values at one step
+    the first (the end-of-run summary re-logs final metrics, e.g. the mean training loss, at
+    the last step: not a point of the curve)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(job.path / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        first: dict[int, float] = {}
+        for event in acc.Scalars(tag):
+            first.setdefault(event.step, event.value)
+        out[tag] = sorted(first.items())
+    return out
+
+
+def _scalars(job: Job, tag: str) -> list[tuple[int, float]]:
+    return _event_scalars(job.path / "tensorboard").get(tag, [])
 
 
 def plot_curves(jobs: list[Job], out: Path) -> Path | None:
-    """Training curves of `CURVE_TAGS`, one panel per tag, one line per finished job."""
+    """Training curves: one row per method, one panel per `CURVE_TAGS` entry the method
+    logged, one line per finished job."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [j for j in jobs if j.error is None and (j.path / "tensorboard").is_dir()]
-    curves = {tag: [(j, _scalars(j, tag)) for j in done] for tag in CURVE_TAGS}
-    curves = {t: [(j, s) for j, s in c if len(s) > 1] for t, c in curves.items()}
-    curves = {t: c for t, c in curves.items() if c}
-    if not curves:
+    rows: dict[str, dict[str, list[tuple[Job, list]]]] = {}
+    for job in done:
+        for tag in CURVE_TAGS:
+            points = _scalars(job, tag)
+            if len(points) > 1:
+                rows.setdefault(job.method, {}).setdefault(tag, []).append((job, points))
+    if not rows:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
-    for ax, (tag, series) in zip(axes[0], curves.items(), strict=True):
-        for job, points in series:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=job.name, linewidth=1)
-        ax.set(title=tag, xlabel="step")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6)
+    width = max(len(tags) for tags in rows.values())
+    fig, axes = plt.subplots(
+        len(rows), width, figsize=(4.5 * width, 3.5 * len(rows)), squeeze=False
+    )
+    for axes_row, (method, tags) in zip(axes, sorted(rows.items()), strict=True):
+        for ax, (tag, series) in zip(axes_row, tags.items(), strict=False):
+            for job, points in series:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, label=job.name, linewidth=1)
+            ax.set(title=f"{method}: {tag}", xlabel="step")
+            ax.grid(alpha=0.3)
+        axes_row[len(tags) - 1].legend(fontsize=6)
+        for ax in axes_row[len(tags) :]:
+            ax.set_visible(False)
+    fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

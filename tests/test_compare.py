@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from rlhf_exp.compare import build_report, load_jobs
@@ -80,3 +81,26 @@ def test_cli_rebuilds_report_and_rejects_empty_dir(tmp_path: Path):
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: no Hydra job dirs")
+
+
+@pytest.mark.slow
+def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(tmp_path: Path):
+    from tests.conftest import run_cli
+
+    result = run_cli("-m", "experiment=ppo_vs_dpo_quick", f"paths.root_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    names = {p.name for p in sweep.iterdir() if p.is_dir()}
+    expected = {
+        f"arm={arm},seed={seed}" for arm in ("dpo_beta_0.1", "ppo_kl_0.05") for seed in (0, 1)
+    }
+    assert names == expected
+    for name in expected:
+        job = json.loads((sweep / name / "metrics.json").read_text())
+        assert "status" not in job and job["eval/kl"] == job["eval/kl"]  # finished, not NaN
+    report = (sweep / "comparison.md").read_text()
+    assert "4 runs, 0 failed" in report
+    assert all(f"| {name} |" in report for name in expected)
+    assert "| dpo | beta=0.1 | 2 |" in report and "| ppo | kl_coef=0.05 | 2 |" in report
+    for png in ("frontier.png", "curves.png", "bars.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
