@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree
 from rlhf_exp.config.schema import DatasetSpec, RunConfig, check_paths, method_spec, validate
-from rlhf_exp.distributed import is_main_process
+from rlhf_exp.distributed import is_main_process, world_size
 from rlhf_exp.errors import Interrupted, UserError
 from rlhf_exp.tracking import Tracker, summary_table
 
@@ -80,10 +79,7 @@ class RunContext:
         if source.path is not None:
             return Path(source.path)
         child = upstream_run(self.run, stage)
-        if (
-            int(os.environ.get("WORLD_SIZE", "1")) > 1
-            and self.cache.lookup(stage, stage_key(child)) is None
-        ):
+        if world_size() > 1 and self.cache.lookup(stage, stage_key(child)) is None:
             # Trained here, the stage's trainer would wait for ranks that are blocked on the
             # cache lock: a deadlock. One process builds it first.
             raise UserError(

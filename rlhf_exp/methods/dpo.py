@@ -14,13 +14,13 @@ with the SFT policy on the held-out prompts (`eval/*` next to `eval/sft/*`, `eva
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
 from rlhf_exp.config.dpo import DPOSpec
 from rlhf_exp.config.schema import RunConfig
+from rlhf_exp.distributed import world_size
 from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.evaluation import final_evaluation
 from rlhf_exp.methods import register
@@ -107,7 +107,7 @@ def _reference_policy(trainer: DPOTrainer, cfg: RunConfig, init: str) -> Any | N
 @register("dpo", needs=("sft",))
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     spec: DPOSpec = cfg.method  # type: ignore[assignment]
-    if spec.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if spec.precompute_ref_log_probs and world_size() > 1:
         # TRL maps the precomputed log-probs onto our in-memory datasets on the main process
         # first; the other ranks then look for its temporary cache files and fail (measured
         # with 2 CPU processes). Without precomputation the reference runs every step.
