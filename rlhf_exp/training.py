@@ -27,7 +27,8 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
     """Keyword arguments for a TRL `*Config`, with CPU-sane values set explicitly.
 
     TRL defaults `bf16=True` and gradient checkpointing on; both are wrong for small models on
-    CPU (checkpointing recomputes activations that fit easily), so they are off unless asked.
+    CPU (checkpointing recomputes activations that fit easily; bf16 autocast measured no faster
+    there, see benchmarks/NOTES.md), so they follow `model.precision` and are off otherwise.
     """
     return {
         "output_dir": str(ctx.checkpoint_dir),
@@ -50,15 +51,35 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         "save_steps": spec.save_steps,
         "save_total_limit": 2,  # the newest may be cut short by SIGKILL; keep the one before
         "report_to": "none",  # the run's Tracker adds its own TensorBoard callback
-        "bf16": False,
+        "bf16": ctx.run.model.precision == "bf16",
         "fp16": False,
         "gradient_checkpointing": False,
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": False,  # no accelerator to pin for on CPU; avoids a warning
+        # real (unpadded) tokens per step, for `throughput`; costs one small all-reduce a step
+        "include_num_input_tokens_seen": "non_padding",
         # Without a GPU: otherwise processes started by `accelerate launch` each train alone
         # on the full data instead of as ranks of one (gloo) group.
         "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+def throughput(trainer: Any, result: Any) -> dict[str, float]:
+    """Speed of the training loop of this `train()` call (a resumed run: since its resume).
+
+    Tokens are the unpadded tokens the model was fed (for pairs, chosen and rejected both);
+    the loop time excludes setup such as tokenising or precomputing reference log-probs.
+    """
+    seconds = result.metrics["train_runtime"]
+    tokens = trainer.state.num_input_tokens_seen - getattr(
+        trainer, "_initial_num_input_tokens_seen", 0
+    )
+    return {
+        "time/train_s": round(seconds, 2),
+        "throughput/samples_per_s": result.metrics["train_samples_per_second"],
+        "throughput/tokens_total": tokens,
+        "throughput/tokens_per_s": tokens / max(seconds, 1e-9),
     }
 
 

@@ -42,7 +42,11 @@ class TinySpec:
 class ModelSpec:
     name: str = "tiny"
     name_or_path: str | None = None  # hub id or local dir; null builds the tiny model
-    dtype: str = _f("float32", choices=["float32", "bfloat16", "float16"])
+    dtype: str = _f("float32", choices=["float32", "bfloat16", "float16"])  # of the weights
+    # Compute precision of training and rollouts: fp32, or bf16 autocast (weights and
+    # optimiser state stay in `dtype`). bf16 runs on CPUs and recent GPUs alike; fp16 would
+    # need a GPU and loss scaling for no gain over bf16 on the hardware that has both.
+    precision: str = _f("fp32", choices=["fp32", "bf16"])
     trust_remote_code: bool = False
     lora_target_modules: list[str] = _f(["c_attn", "c_proj", "c_fc"])
     tiny: TinySpec = field(default_factory=TinySpec)

@@ -14,6 +14,7 @@ with the SFT policy on the held-out prompts (`eval/*` next to `eval/sft/*`, `eva
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer
@@ -32,7 +33,7 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, run_training, trainer_args
+from rlhf_exp.training import eval_subset, run_training, throughput, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,9 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     if task.pref_test is None or len(task.pref_test) == 0:
         raise UserError(f"dataset {cfg.dataset.name!r} has no held-out preference rows")
 
+    started = time.perf_counter()
     trainer = build_trainer(cfg, ctx, init, model, tokenizer, task)
+    setup_s = time.perf_counter() - started  # tokenising, and scoring pairs with the reference
     trainable, total = count_parameters(trainer.model)
     log.info("dpo: %d of %d parameters trainable", trainable, total)
     result = run_training(trainer, ctx)
@@ -150,6 +153,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     return {
         **metrics,
         "train/global_step": trainer.state.global_step,
+        **throughput(trainer, result),
+        "time/trainer_setup_s": round(setup_s, 2),
         "model/trainable_params": trainable,
         "model/total_params": total,
     }

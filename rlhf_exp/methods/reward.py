@@ -27,7 +27,7 @@ from rlhf_exp.models import (
 )
 from rlhf_exp.rewards.model_scorer import RewardModelScorer, pairwise_accuracy
 from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, run_training, trainer_args
+from rlhf_exp.training import eval_subset, run_training, throughput, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         "eval/loss": loss,
         "eval/pairs": after["pairs"],
         "train/global_step": trainer.state.global_step,
+        **throughput(trainer, result),
         "model/trainable_params": trainable,
         "model/total_params": total,
     }

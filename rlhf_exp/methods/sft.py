@@ -25,7 +25,7 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, run_training, trainer_args
+from rlhf_exp.training import eval_subset, run_training, throughput, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         "eval/loss_initial": loss_before,
         "eval/loss": loss_after,
         "train/global_step": trainer.state.global_step,
+        **throughput(trainer, result),
         "model/trainable_params": trainable,
         "model/total_params": total,
     }

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from rlhf_exp.config.schema import validate
 from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.rewards import register_reward
 from rlhf_exp.runner import stage_key, upstream_run
+from tests.methods.logs import scalars
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
 TARGET = "the"
@@ -35,16 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    """Every scalar the run logged to TensorBoard, by tag, one value per step in step order
-    (the end-of-run summary re-logs the last step's values at the same step)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    by_step = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
-    return {tag: [v for _, v in sorted(steps.items())] for tag, steps in by_step.items()}
 
 
 # ------------------------------------------------------------------------------ config (fast)

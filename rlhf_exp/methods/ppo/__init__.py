@@ -81,6 +81,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     accelerator = Accelerator(
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if cfg.model.precision == "bf16" else "no",
     )
     main = accelerator.is_main_process
 

@@ -125,6 +125,14 @@ class PPOTrainer:
         a non-finite loss, reward or KL raises `NonFiniteError` before that step is saved.
         """
         metrics: dict[str, float] = {}
+        # this session's totals (a resumed run counts from its resume point): benchmarks
+        # read throughput from them rather than from one iteration
+        totals = {
+            "time/rollout_total_s": 0.0,
+            "time/update_total_s": 0.0,
+            "throughput/tokens_total": 0.0,
+            "throughput/sequence_tokens_total": 0.0,
+        }
         guard = TrainingGuard()
         bar = tqdm(
             total=self.total_steps,
@@ -135,6 +143,13 @@ class PPOTrainer:
         with guard.handling_signals():
             while self.step < self.total_steps:
                 metrics = self.iteration()
+                for key, name in (
+                    ("time/rollout_total_s", "time/rollout_s"),
+                    ("time/update_total_s", "time/update_s"),
+                    ("throughput/tokens_total", "throughput/tokens"),
+                    ("throughput/sequence_tokens_total", "throughput/sequence_tokens"),
+                ):
+                    totals[key] += metrics[name]
                 self.step += 1
                 _check_finite(metrics, self.step)
                 bar.update(1)
@@ -150,7 +165,11 @@ class PPOTrainer:
                     bar.close()
                     raise Interrupted(Path(self.checkpoint_dir).parent, self.step)
         bar.close()
-        return metrics
+        seconds = totals["time/rollout_total_s"] + totals["time/update_total_s"]
+        totals["throughput/tokens_per_s_total"] = totals["throughput/tokens_total"] / max(
+            seconds, 1e-9
+        )
+        return metrics | totals
 
     def _any_process_signalled(self, guard: TrainingGuard) -> bool:
         """True on every process once any of them got a signal, so they all save and stop."""
@@ -160,16 +179,19 @@ class PPOTrainer:
     def iteration(self) -> dict[str, float]:
         spec, acc = self.spec, self.accelerator
         t0 = time.perf_counter()
-        batch, seq_stats = collect(
-            self.unwrapped,
-            self.reference,
-            self.tokenizer,
-            self.schedule(self.step),
-            self.score_fn,
-            spec,
-            self.kl_ctl.value,
-            acc.device,
-        )
+        # the rollout's log-probs must come from the same precision as the update's forward
+        # (the prepared model autocasts under model.precision; the unwrapped one does not)
+        with acc.autocast():
+            batch, seq_stats = collect(
+                self.unwrapped,
+                self.reference,
+                self.tokenizer,
+                self.schedule(self.step),
+                self.score_fn,
+                spec,
+                self.kl_ctl.value,
+                acc.device,
+            )
         t1 = time.perf_counter()
         update_stats = self.update(batch)
         t2 = time.perf_counter()
@@ -177,15 +199,19 @@ class PPOTrainer:
         # one all-reduce for every metric: per-process means, averaged over processes
         local = {k: v.float().mean() for k, v in seq_stats.items()} | update_stats
         local["throughput/response_tokens"] = batch.mask.sum()
+        local["throughput/sequence_tokens"] = batch.attention_mask.sum()  # prompt + response
         keys = sorted(local)
         reduced = acc.reduce(torch.stack([local[k].detach().float() for k in keys]), "mean")
         metrics = dict(zip(keys, reduced.tolist(), strict=True))
         tokens = metrics.pop("throughput/response_tokens") * acc.num_processes
+        sequence_tokens = metrics.pop("throughput/sequence_tokens") * acc.num_processes
         metrics |= {
             "objective/kl_coef": self.kl_ctl.value,
             "train/learning_rate": self.scheduler.get_last_lr()[0],
             "time/rollout_s": t1 - t0,
             "time/update_s": t2 - t1,
+            "throughput/tokens": tokens,  # generated, EOS included, over all processes
+            "throughput/sequence_tokens": sequence_tokens,
             "throughput/tokens_per_s": tokens / (t2 - t0),
             "train/loss": metrics["policy/pg_loss"] + spec.vf_coef * metrics["val/vf_loss"],
             "train/kl": metrics["objective/kl"],
