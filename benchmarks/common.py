@@ -1,0 +1,99 @@
+"""What every benchmark script shares: running a command as a measured child process,
+interleaving settings so machine drift hits them alike, and medians."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PYTHON = sys.executable
+
+
+@dataclass
+class Measured:
+    """One finished child process: wall seconds, its own peak RSS and what it wrote."""
+
+    wall_s: float
+    peak_rss_mb: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+
+def run_measured(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Measured:
+    """Run `args` from the project root to completion; raises with the log path on failure.
+
+    Peak RSS comes from `wait4`: the kernel's maximum resident set of that child alone.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            list(args), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env or child_env()
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
+    if proc.returncode != 0:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        tail = [ln for ln in lines if ln.strip() and "HYDRA_FULL_ERROR" not in ln][-1:] or [
+            "(no output)"
+        ]
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {tail[0]}; see {log}")
+    return Measured(wall, usage.ru_maxrss / 1024)  # Linux reports KiB
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of measured children: offline, no tokenizer thread pool fights."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(extra)
+    return env
+
+
+def run_py(
+    overrides: Sequence[str], run_dir: Path, log: Path, env: dict[str, str] | None = None
+) -> Measured:
+    """`python run.py OVERRIDES` into `run_dir`; its metrics.json comes back with it."""
+    measured = run_measured(
+        [PYTHON, "run.py", *overrides, f"hydra.run.dir={run_dir}"], log, env=env
+    )
+    measured.metrics = json.loads((run_dir / "metrics.json").read_text())
+    measured.run_dir = run_dir
+    return measured
+
+
+def interleaved(
+    settings: dict[str, Callable[[int], Measured]], reps: int
+) -> dict[str, list[Measured]]:
+    """Call each setting's `run(rep)` in turn, A B C A B C ..., `reps` rounds."""
+    out: dict[str, list[Measured]] = {name: [] for name in settings}
+    for rep in range(reps):
+        for name, run in settings.items():
+            out[name].append(run(rep))
+            print(f"  {name} rep {rep}: {out[name][-1].wall_s:.1f} s", flush=True)
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def spread(values: Sequence[float]) -> str:
+    """`median (min-max)` for a table cell."""
+    return f"{median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path

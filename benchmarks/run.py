@@ -1,0 +1,622 @@
+"""Benchmark harness: roofline, per-method throughput and MFU, framework overhead against bare
+TRL, our defaults against the naive notebook setup, and scaling.
+
+    python benchmarks/run.py                   # everything (about 40 min on 2 cores)
+    python benchmarks/run.py --quick           # every section, shrunk (a few minutes)
+    python benchmarks/run.py overhead naive    # chosen sections
+    python benchmarks/ppo_peers.py             # PPO against TRL's RLOO, GRPO and 1.12 PPO
+
+Every measured run is its own process (`python run.py ...` or `benchmarks/bare_trl.py`), so
+its peak RSS is its own and nothing is warm from a previous run but the OS page cache.
+Compared settings run interleaved (A B A B ...), and tables show medians with min-max, so
+drift on a shared machine hits both sides alike. Results go to `benchmarks/results/*.json`
+and `benchmarks/results/latest.md`.
+
+MFU counts model FLOPs only (6 N per trained token, N = parameters; padding and attention
+score FLOPs not counted) over the best fp32 matmul rate of this machine at the model's shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    PYTHON,
+    RESULTS,
+    Measured,
+    interleaved,
+    median,
+    run_measured,
+    run_py,
+    spread,
+    write_json,
+)
+from roofline import roofline  # noqa: E402
+
+MODELS = {  # GPT-2 shapes built from config: no download
+    "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 128},  # the default, ~0.6M parameters
+    "small": {"n_layer": 6, "n_head": 8, "n_embd": 512},  # ~20M parameters
+}
+VOCAB = 2048
+METHODS = ("sft", "reward", "dpo", "ppo")
+# No TensorBoard, no periodic evaluation or checkpoints; transformers still evaluates at the
+# last step, on a held-out set cut small so that it barely counts in the loop time.
+QUIET = [
+    "method.max_eval_samples=32",
+    "logger=none",
+    "eval.num_prompts=8",
+    "method.eval_steps=100000",
+    "method.save_steps=100000",
+]
+
+
+def model_overrides(shape: dict[str, int]) -> list[str]:
+    return [f"model.tiny.{k}={v}" for k, v in shape.items()]
+
+
+class Workspace:
+    """Run dirs under one root, and the upstream SFT policy and reward model of each model,
+    built once (briefly trained: any trained policy will do as a starting point)."""
+
+    def __init__(self, root: Path, quick: bool) -> None:
+        self.root, self.quick = root, quick
+        self._count = 0
+
+    def next_dir(self, label: str) -> Path:
+        """A new run dir (numbering goes on past dirs an earlier invocation left)."""
+        while True:
+            self._count += 1
+            path = self.root / "runs" / f"{self._count:03d}-{label}"
+            if not path.exists() and not path.with_suffix(".log").exists():
+                return path
+
+    def base(self, model: str) -> list[str]:
+        return [f"paths.root_dir={self.root}", *model_overrides(MODELS[model])]
+
+    def upstream(self, model: str) -> list[str]:
+        """Overrides pointing a run at this model's SFT policy and reward model."""
+        rm = self.root / "upstream" / model / "reward"
+        sft = self.root / "upstream" / model / "sft"
+        if not (rm / "metrics.json").is_file():
+            print(f"building upstream SFT policy and reward model of {model} ...", flush=True)
+            run_py(
+                [*self.base(model), "method=sft", "method.max_steps=30", *QUIET],
+                sft,
+                sft.with_suffix(".log"),
+            )
+            run_py(
+                [
+                    *self.base(model),
+                    "method=reward",
+                    "method.max_steps=30",
+                    *QUIET,
+                    f"upstream.sft.path={sft / 'model'}",
+                ],
+                rm,
+                rm.with_suffix(".log"),
+            )
+        return [f"upstream.sft.path={sft / 'model'}", f"upstream.reward.path={rm / 'model'}"]
+
+    def run(self, label: str, overrides: list[str]) -> Measured:
+        run_dir = self.next_dir(label)
+        return run_py(overrides, run_dir, run_dir.with_suffix(".log"))
+
+
+# ------------------------------------------------------------------------------- sections
+def section_roofline(ws: Workspace, reps: int) -> dict[str, Any]:
+    out = {name: roofline(shape["n_embd"], VOCAB) for name, shape in MODELS.items()}
+    rows = [
+        "| model | d_model | fp32 GFLOP/s | bf16 GFLOP/s | bf16/fp32 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in out.items():
+        fp32, bf16 = r["fp32"]["peak"], r["bf16"]["peak"]
+        rows.append(
+            f"| {name} | {MODELS[name]['n_embd']} | {fp32:.0f} | {bf16:.0f} | {bf16 / fp32:.2f} |"
+        )
+    return {"data": out, "table": rows}
+
+
+def method_overrides(method: str, quick: bool) -> list[str]:
+    steps = 6 if quick else 30
+    if method == "ppo":
+        steps = 3 if quick else 10
+        return ["method=ppo", f"method.max_steps={steps}", "method.reward=model"]
+    # precomputation scores every training pair once: a smaller set keeps it proportionate
+    extra = ["dataset.n_pairs=2000"] if method == "dpo" else []
+    return [f"method={method}", f"method.max_steps={steps}", *extra]
+
+
+def flops_per_token(method: str, shape: dict[str, int], ppo_epochs: int = 4) -> float:
+    """Model FLOPs per token (Kaplan et al.): 2 per weight a forward multiplies by, 6 to train.
+
+    Embedding lookups cost nothing; the tied LM head does (a d x vocab matmul) for policies,
+    not for the reward model's scalar head: at the tiny model's size that head is ~40% of
+    the compute, so counting parameters instead would overstate the reward model's MFU.
+    """
+    d, layers = shape["n_embd"], shape["n_layer"]
+    body = 12 * layers * d * d  # attention 4d^2 + MLP 8d^2 per layer
+    policy = body + d * VOCAB  # + LM head
+    if method == "ppo":  # per prompt+response token of a rollout:
+        # generate + reference (2 x 2 policy), critic values + reward model (2 x 2 body),
+        # then each epoch trains policy (6 policy) and critic (6 body)
+        return 4 * policy + 4 * body + ppo_epochs * (6 * policy + 6 * body)
+    return 6 * (body if method == "reward" else policy)
+
+
+def method_summary(model: str, method: str, runs: list[Measured], peak: float) -> dict[str, Any]:
+    """Loop time, throughput, memory and MFU of one model+method's repetitions."""
+    ms = [r.metrics for r in runs]
+    if method == "ppo":
+        loop = [m["time/rollout_total_s"] + m["time/update_total_s"] for m in ms]
+        tokens = [m["throughput/tokens_per_s_total"] for m in ms]  # generated tokens
+        trained = [m["throughput/sequence_tokens_total"] / t for m, t in zip(ms, loop, strict=True)]
+        samples = [m["train/global_step"] * 64 / t for m, t in zip(ms, loop, strict=True)]
+        split = {
+            "rollout_s": median([m["time/rollout_total_s"] for m in ms]),
+            "update_s": median([m["time/update_total_s"] for m in ms]),
+        }
+    else:
+        loop = [m["time/train_s"] for m in ms]
+        tokens = trained = [m["throughput/tokens_per_s"] for m in ms]
+        samples = [m["throughput/samples_per_s"] for m in ms]
+        split = {}
+    fpt = flops_per_token(method, MODELS[model])
+    return {
+        "params": ms[0]["model/total_params"],
+        "loop_s": loop,
+        "tokens_per_s": tokens,
+        "samples_per_s": samples,
+        "peak_rss_mb": [r.peak_rss_mb for r in runs],
+        "flops_per_token": fpt,
+        "mfu_fp32": median(trained) * fpt / (peak * 1e9),
+        **split,
+    }
+
+
+def methods_table(data: dict[str, Any]) -> list[str]:
+    rows = [
+        "| model | method | params | loop s | samples/s | tokens/s | peak RSS MB | MFU (fp32) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, d in data.items():
+        model, method = key.split("/")
+        gen = " generated" if method == "ppo" else ""
+        rows.append(
+            f"| {model} | {method} | {d['params'] / 1e6:.1f}M | {spread(d['loop_s'])} | "
+            f"{spread(d['samples_per_s'])} | {spread(d['tokens_per_s'])}{gen} | "
+            f"{median(d['peak_rss_mb']):.0f} | {d['mfu_fp32']:.1%} |"
+        )
+    rows.append("")
+    rows += [
+        f"PPO {key.split('/')[0]}: rollout {d['rollout_s']:.1f} s, update {d['update_s']:.1f} s"
+        for key, d in data.items()
+        if key.endswith("/ppo")
+    ]
+    return rows
+
+
+def section_methods(ws: Workspace, reps: int) -> dict[str, Any]:
+    peaks = {
+        name: roofline(shape["n_embd"], VOCAB)["fp32"]["peak"] for name, shape in MODELS.items()
+    }
+    data: dict[str, Any] = {}
+    for model in ["tiny"] if ws.quick else list(MODELS):
+        upstream = ws.upstream(model)
+        settings: dict[str, Callable[[int], Measured]] = {
+            method: (
+                lambda rep, m=method, model=model, upstream=upstream: ws.run(
+                    f"{model}-{m}",
+                    [*ws.base(model), *method_overrides(m, ws.quick), *QUIET, *upstream],
+                )
+            )
+            for method in METHODS
+        }
+        for method, runs in interleaved(settings, reps).items():
+            data[f"{model}/{method}"] = method_summary(model, method, runs, peaks[model])
+    return {"data": data, "peaks_fp32": peaks, "table": methods_table(data)}
+
+
+def export_pairs(run_dir: Path, out: Path) -> Path:
+    """The preference rows a framework run trained and evaluated on, as JSONL for the bare
+    script (the held-out rows cut to `method.max_eval_samples`, as the run did)."""
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.config.schema import validate
+    from rlhf_exp.data import load_task
+    from rlhf_exp.models import load_tokenizer
+
+    run = validate(OmegaConf.load(run_dir / "config.yaml"))
+    tokenizer = load_tokenizer(run.upstream.sft.path, run.model)
+    task = load_task(run.dataset, tokenizer, Path(run.paths.cache_dir))
+    n_test = min(run.method.max_eval_samples, len(task.pref_test))
+    out.mkdir(parents=True, exist_ok=True)
+    for split, ds in (("train", task.pref_train), ("test", task.pref_test.select(range(n_test)))):
+        with (out / f"{split}.jsonl").open("w") as f:
+            for row in ds:
+                f.write(json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
+    return out
+
+
+def bare(ws: Workspace, label: str, args: list[str]) -> Measured:
+    """`benchmarks/bare_trl.py ARGS`; its JSON line becomes the metrics."""
+    run_dir = ws.next_dir(label)
+    log = run_dir.with_suffix(".log")
+    measured = run_measured([PYTHON, "benchmarks/bare_trl.py", *args, "--out", str(run_dir)], log)
+    measured.metrics = json.loads(log.read_text().strip().splitlines()[-1])
+    measured.run_dir = run_dir
+    return measured
+
+
+def loop_plus_setup(m: Measured) -> float:
+    return m.metrics["time/train_s"] + m.metrics.get("time/trainer_setup_s", 0.0)
+
+
+def section_overhead(ws: Workspace, reps: int) -> dict[str, Any]:
+    """run.py against the bare TRL script: same model, rows, order, batch, steps and evals.
+
+    The loop ratio is the framework's cost inside training (callbacks: signal guard, NaN
+    check, TensorBoard, token counting); the process ratio adds what the framework does
+    around it (config checks, cache, before/after evaluation, reports).
+    """
+    steps = 10 if ws.quick else 60
+    upstream = ws.upstream("tiny")
+    sft_model = upstream[0].split("=", 1)[1]
+    knobs = ["method.eval_steps=1000", "method.save_steps=1000", "method.logging_steps=10"]
+    data: dict[str, Any] = {}
+    rows = [
+        f"tiny model, {steps} steps; the held-out loss shows whether both did the same training",
+        "",
+        "| method | ours loop s | bare loop s | loop ratio | setup+loop ratio | process ratio "
+        "| held-out loss ours / bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in ("dpo", "reward"):
+        ours_args = [
+            *ws.base("tiny"),
+            f"method={method}",
+            f"method.max_steps={steps}",
+            *knobs,
+            *upstream,
+            "dataset.n_pairs=3000",  # precomputation scores every pair: keep it proportionate
+            "logger=tensorboard",
+            "eval.num_prompts=8",
+            "eval.reward_model=false",
+        ]
+        probe = ws.run(f"probe-{method}", ours_args)  # also warms the page cache
+        pairs = export_pairs(probe.run_dir, ws.root / f"pairs-{method}")
+        bare_args = [
+            method,
+            "--model",
+            sft_model,
+            "--data",
+            str(pairs),
+            "--steps",
+            str(steps),
+            "--eval-steps",
+            "1000",
+            "--save-steps",
+            "1000",
+            "--logging-steps",
+            "10",
+        ]
+        results = interleaved(
+            {
+                "ours": lambda rep, a=ours_args, m=method: ws.run(f"ours-{m}", a),
+                "bare": lambda rep, a=bare_args, m=method: bare(ws, f"bare-{m}", a),
+            },
+            reps,
+        )
+        ours, theirs = results["ours"], results["bare"]
+        pairs_ = list(zip(ours, theirs, strict=True))
+        loop = [o.metrics["time/train_s"] / b.metrics["time/train_s"] for o, b in pairs_]
+        both = [loop_plus_setup(o) / loop_plus_setup(b) for o, b in pairs_]
+        wall = [o.wall_s / b.wall_s for o, b in pairs_]
+        data[method] = {
+            "steps": steps,
+            "loop_ratio": loop,
+            "setup_loop_ratio": both if method == "dpo" else None,
+            "process_ratio": wall,
+            "eval_loss": {
+                "ours": ours[0].metrics["eval/loss"],
+                "bare": theirs[0].metrics["eval/loss"],
+            },
+            "ours": [o.metrics for o in ours],
+            "bare": [b.metrics for b in theirs],
+        }
+        rows.append(
+            f"| {method} | {spread([o.metrics['time/train_s'] for o in ours])} | "
+            f"{spread([b.metrics['time/train_s'] for b in theirs])} | {spread(loop)} | "
+            f"{spread(both) if method == 'dpo' else 'n/a'} | {spread(wall)} | "
+            f"{ours[0].metrics['eval/loss']:.4f} / {theirs[0].metrics['eval/loss']:.4f} |"
+        )
+        rows_eval = data[method]["eval_loss"]
+        print(f"  {method} held-out loss ours {rows_eval['ours']:.4f} bare {rows_eval['bare']:.4f}")
+    return {"data": data, "table": rows}
+
+
+def section_naive(ws: Workspace, reps: int) -> dict[str, Any]:
+    """Our DPO defaults against the original notebook's setup, one epoch of the same pairs.
+
+    Samples/s counts setup (tokenising, and for us scoring every pair with the reference
+    once) plus the loop: precomputation is real work and must not be hidden.
+    """
+    model = "small" if not ws.quick else "tiny"
+    n_pairs = 600
+    upstream = ws.upstream(model)
+    ours_args = [
+        *ws.base(model),
+        "method=dpo",
+        f"dataset.n_pairs={n_pairs}",
+        *upstream,
+        "method.eval_steps=100000",
+        "method.save_steps=100000",
+        "logger=none",
+        "eval.num_prompts=8",
+        "eval.reward_model=false",
+    ]
+    probe = ws.run("probe-naive", ours_args)
+    pairs = export_pairs(probe.run_dir, ws.root / "pairs-naive")
+    n_train = sum(1 for _ in (pairs / "train.jsonl").open())
+    bare_args = [
+        "dpo",
+        "--naive",
+        "--model",
+        upstream[0].split("=", 1)[1],
+        "--data",
+        str(pairs),
+        "--eval-steps",
+        "100000",
+        "--save-steps",
+        "100000",
+    ]
+    results = interleaved(
+        {
+            "ours": lambda rep: ws.run("ours-dpo-defaults", ours_args),
+            "naive": lambda rep: bare(ws, "naive-dpo", bare_args),
+        },
+        reps,
+    )
+    out: dict[str, Any] = {"model": model, "train_pairs": n_train}
+    rows = [
+        f"DPO, {model} model, one epoch of {n_train} pairs",
+        "",
+        "| setup | pairs/s (setup+loop) | peak RSS MB | held-out accuracy | held-out loss |",
+        "|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        sps = [n_train / loop_plus_setup(r) for r in runs]
+        acc = [
+            r.metrics["eval/rewards_accuracies"]
+            if "eval/rewards_accuracies" in r.metrics
+            else r.metrics["eval/rewards/accuracies"]
+            for r in runs
+        ]
+        loss = [r.metrics["eval/loss"] for r in runs]
+        rss = [r.peak_rss_mb for r in runs]
+        out[name] = {"pairs_per_s": sps, "peak_rss_mb": rss, "accuracy": acc, "loss": loss}
+        rows.append(f"| {name} | {spread(sps)} | {spread(rss)} | {spread(acc)} | {spread(loss)} |")
+    speed = median(out["ours"]["pairs_per_s"]) / median(out["naive"]["pairs_per_s"])
+    memory = median(out["ours"]["peak_rss_mb"]) / median(out["naive"]["peak_rss_mb"])
+    out |= {"speed_ratio": speed, "memory_ratio": memory}
+    rows.append(
+        f"\nours/naive: {speed:.2f}x pairs/s (target >= 2), {memory:.2f}x peak RSS (target <= 0.6)"
+    )
+    return {"data": out, "table": rows}
+
+
+def section_scaling(ws: Workspace, reps: int) -> dict[str, Any]:
+    """SFT time and memory against sequence length, batch size, model size and processes."""
+    steps = 5 if ws.quick else 20
+    base = ["method=sft", f"method.max_steps={steps}", *QUIET]
+    shapes = {
+        "0.6M": MODELS["tiny"],
+        "5M": {"n_layer": 4, "n_head": 4, "n_embd": 256},
+        "20M": MODELS["small"],
+    }
+    points: list[tuple[str, str, list[str], list[str]]] = []
+    for length in (16, 32, 64):
+        points.append(
+            (
+                "max_length",
+                str(length),
+                [*model_overrides(MODELS["tiny"]), f"method.max_length={length}"],
+                [],
+            )
+        )
+    for batch in (8, 16, 32):
+        points.append(
+            (
+                "batch",
+                str(batch),
+                [*model_overrides(MODELS["tiny"]), f"method.per_device_train_batch_size={batch}"],
+                [],
+            )
+        )
+    for name, shape in shapes.items():
+        points.append(("model", name, model_overrides(shape), []))
+    for procs in (1, 2):
+        launch = (
+            []
+            if procs == 1
+            else [
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+            ]
+        )
+        points.append(("processes", str(procs), model_overrides(MODELS["tiny"]), launch))
+    # each model's base is built into the cache by one process first: ranks of a launched
+    # group must not race to build it
+    for shape in shapes.values():
+        ws.run(
+            "scaling-warmup",
+            [f"paths.root_dir={ws.root}", *base, *model_overrides(shape), "method.max_steps=1"],
+        )
+    data: dict[str, Any] = {}
+    rows = [
+        "| axis | value | loop s | samples/s | tokens/s | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for axis, value, overrides, launch in points:
+        args = [f"paths.root_dir={ws.root}", *base, *overrides]
+        runs = []
+        for _ in range(reps):
+            run_dir = ws.next_dir(f"scaling-{axis}-{value}")
+            cmd = [PYTHON, *launch, "run.py", *args, f"hydra.run.dir={run_dir}"] if launch else None
+            if cmd:
+                m = run_measured(cmd, run_dir.with_suffix(".log"))
+                m.metrics = json.loads((run_dir / "metrics.json").read_text())
+            else:
+                m = run_py(args, run_dir, run_dir.with_suffix(".log"))
+            runs.append(m)
+        ms = [r.metrics for r in runs]
+        entry = {
+            "loop_s": [m["time/train_s"] for m in ms],
+            "samples_per_s": [m["throughput/samples_per_s"] for m in ms],
+            "tokens_per_s": [m["throughput/tokens_per_s"] for m in ms],
+            # with 2 processes wait4 sees the launcher only: its children's peak is not ours
+            "peak_rss_mb": [r.peak_rss_mb for r in runs] if not launch else None,
+        }
+        data[f"{axis}={value}"] = entry
+        rss = spread(entry["peak_rss_mb"]) if entry["peak_rss_mb"] else "n/a"
+        rows.append(
+            f"| {axis} | {value} | {spread(entry['loop_s'])} | {spread(entry['samples_per_s'])} | "
+            f"{spread(entry['tokens_per_s'])} | {rss} |"
+        )
+    return {"data": data, "table": rows}
+
+
+def _variant(
+    ws: Workspace, args: list[str], env: dict[str, str] | None, label: str
+) -> Callable[[int], Measured]:
+    def run(rep: int) -> Measured:
+        run_dir = ws.next_dir(label)
+        return run_py(args, run_dir, run_dir.with_suffix(".log"), env=env)
+
+    return run
+
+
+def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
+    """Each fast-default candidate against its alternative, one knob at a time, interleaved:
+    bf16 autocast vs fp32, and 1 vs 2 threads (`OMP_NUM_THREADS`)."""
+    from common import child_env
+
+    steps = 5 if ws.quick else 30
+    cases = {
+        "precision": {
+            "fp32": (["model.precision=fp32"], None),
+            "bf16": (["model.precision=bf16"], None),
+        },
+        "threads": {
+            "2": ([], child_env(OMP_NUM_THREADS="2")),
+            "1": ([], child_env(OMP_NUM_THREADS="1")),
+        },
+    }
+    workloads = [("tiny", "sft"), ("small", "sft"), ("tiny", "ppo")]
+    data: dict[str, Any] = {}
+    rows = [
+        "| knob | model | method | A | B | tokens/s A | tokens/s B | B/A |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for knob, variants in cases.items():
+        for model, method in workloads:
+            if ws.quick and model != "tiny":
+                continue
+            upstream = ws.upstream(model)
+            overrides = [*ws.base(model), *method_overrides(method, ws.quick), *QUIET, *upstream]
+            if method == "sft":
+                overrides.append(f"method.max_steps={steps}")
+
+            results = interleaved(
+                {
+                    name: _variant(ws, [*overrides, *extra], env, f"{knob}-{name}-{model}-{method}")
+                    for name, (extra, env) in variants.items()
+                },
+                reps,
+            )
+            key = "throughput/tokens_per_s_total" if method == "ppo" else "throughput/tokens_per_s"
+            (a, ra), (b, rb) = results.items()
+            ta, tb = [r.metrics[key] for r in ra], [r.metrics[key] for r in rb]
+            ratio = [y / x for x, y in zip(ta, tb, strict=True)]
+            data[f"{knob}/{model}/{method}"] = {a: ta, b: tb, "ratio": ratio}
+            cells = [knob, model, method, a, b, spread(ta), spread(tb), spread(ratio)]
+            rows.append("| " + " | ".join(cells) + " |")
+    return {"data": data, "table": rows}
+
+
+SECTIONS = {
+    "roofline": section_roofline,
+    "methods": section_methods,
+    "overhead": section_overhead,
+    "naive": section_naive,
+    "scaling": section_scaling,
+    "defaults": section_defaults,
+}
+
+
+def write_report(quick: bool) -> Path:
+    """`latest.md` from every section's newest JSON (sections may be run separately)."""
+    import torch
+
+    suffix = "_quick" if quick else ""
+    report = [
+        f"# Benchmarks{' (quick: smoke-test sizes, not for quoting)' if quick else ''}",
+        "",
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}. Medians "
+        "(min-max) over interleaved repetitions; each run is its own process.",
+    ]
+    for name in [*SECTIONS, "ppo_peers"]:
+        path = RESULTS / f"{name}{suffix}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            report += ["", f"## {name} ({result['reps']} reps, {result['date']})", ""]
+            report += result["table"]
+    target = RESULTS / f"latest{suffix}.md"
+    target.write_text("\n".join(report) + "\n")
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
+    parser.add_argument("--quick", action="store_true", help="every section shrunk, 1 rep")
+    parser.add_argument("--reps", type=int, help="repetitions per setting (default 3, quick 1)")
+    parser.add_argument("--work", type=Path, help="work dir to reuse (default: a new tmp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    opts = parser.parse_args()
+    reps = opts.reps or (1 if opts.quick else 3)
+    work = opts.work or Path(tempfile.mkdtemp(prefix="rlhf_bench_"))
+    ws = Workspace(work, opts.quick)
+    for name in opts.sections or list(SECTIONS):
+        print(f"== {name}", flush=True)
+        result = SECTIONS[name](ws, reps)
+        stamp = time.strftime("%Y-%m-%d %H:%M")
+        write_json(name + ("_quick" if opts.quick else ""), {"reps": reps, "date": stamp, **result})
+        print("\n".join(result["table"]), flush=True)
+    print(f"wrote {write_report(opts.quick)}")
+    if not opts.keep and opts.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
