@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
     """Keyword arguments for a TRL `*Config`, with CPU-sane values set explicitly.
 
-    TRL defaults `bf16=True` and gradient checkpointing on; both are wrong for small models on
-    CPU (checkpointing recomputes activations that fit easily; bf16 autocast measured no faster
-    there, see benchmarks/NOTES.md), so they follow `model.precision` and are off otherwise.
+    TRL defaults `bf16=True` and gradient checkpointing on. Checkpointing only recomputes
+    activations that fit easily for small models, so it is off; bf16 follows
+    `model.precision` (fp32 by default: see benchmarks/NOTES.md for what bf16 gains here).
     """
     return {
         "output_dir": str(ctx.checkpoint_dir),

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+
+from result import print_result, timed_train
 
 
 def main() -> None:
@@ -34,8 +35,6 @@ def main() -> None:
     s = json.loads(opts.settings.read_text())
 
     import torch
-    import transformers
-    import trl
     import trl.experimental.ppo.ppo_trainer as ppo_module
     from datasets import Dataset
     from transformers import (
@@ -140,25 +139,17 @@ def main() -> None:
         train_dataset=train,
         eval_dataset=evals,
     )
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-
-    result = {
-        "tokens": counted["tokens"],
-        "seconds": seconds,
-        "completions": counted["rows"],
-        "generations": counted["calls"],
-        "generated_width_mean": counted["generated"] / max(counted["rows"], 1),
-        "optimizer_steps": s["iterations"] * s["ppo_epochs"] * (B // micro),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "trl": trl.__version__,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-        },
-    }
-    print("RESULT " + json.dumps(result), flush=True)
+    seconds = timed_train(trainer)
+    print_result(
+        {
+            "tokens": counted["tokens"],
+            "seconds": seconds,
+            "completions": counted["rows"],
+            "generations": counted["calls"],
+            "generated_width_mean": counted["generated"] / max(counted["rows"], 1),
+            "optimizer_steps": s["iterations"] * s["ppo_epochs"] * (B // micro),
+        }
+    )
 
 
 if __name__ == "__main__":

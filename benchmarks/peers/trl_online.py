@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
+
+from result import print_result, timed_train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,6 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))  # rlhf_exp without relying on an editable install
     import torch
-    import transformers
     import trl
     from datasets import Dataset
 
@@ -103,24 +103,16 @@ def main() -> None:
     trainer = trainer_cls(
         model=s["policy"], reward_funcs=gold_reward, args=config, train_dataset=dataset
     )
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-
-    result = {
-        "tokens": counted["tokens"],
-        "seconds": seconds,
-        "completions": counted["completions"],
-        "generations": counted["generations"],
-        "optimizer_steps": trainer.state.global_step,
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "trl": trl.__version__,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-        },
-    }
-    print("RESULT " + json.dumps(result), flush=True)
+    seconds = timed_train(trainer)
+    print_result(
+        {
+            "tokens": counted["tokens"],
+            "seconds": seconds,
+            "completions": counted["completions"],
+            "generations": counted["generations"],
+            "optimizer_steps": trainer.state.global_step,
+        }
+    )
 
 
 if __name__ == "__main__":
