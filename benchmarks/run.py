@@ -1,7 +1,7 @@
 """Benchmark harness: roofline, per-method throughput and MFU, framework overhead against bare
 TRL, our defaults against the naive notebook setup, and scaling.
 
-    python benchmarks/run.py                   # everything (about 40 min on 2 cores)
+    python benchmarks/run.py                   # everything (about 90 min on 2 cores)
     python benchmarks/run.py --quick           # every section, shrunk (a few minutes)
     python benchmarks/run.py overhead naive    # chosen sections
     python benchmarks/ppo_peers.py             # PPO against TRL's RLOO, GRPO and 1.12 PPO
