@@ -60,25 +60,31 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_py(
-    overrides: Sequence[str], run_dir: Path, log: Path, env: dict[str, str] | None = None
+    overrides: Sequence[str],
+    run_dir: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> Measured:
-    """`python run.py OVERRIDES` into `run_dir`; its metrics.json comes back with it."""
-    measured = run_measured(
-        [PYTHON, "run.py", *overrides, f"hydra.run.dir={run_dir}"], log, env=env
-    )
+    """`python [LAUNCHER] run.py OVERRIDES` into `run_dir`; its metrics.json comes back with it.
+
+    `launcher` is e.g. `-m accelerate.commands.launch --num_processes 2`.
+    """
+    command = [PYTHON, *launcher, "run.py", *overrides, f"hydra.run.dir={run_dir}"]
+    measured = run_measured(command, log, env=env)
     measured.metrics = json.loads((run_dir / "metrics.json").read_text())
     measured.run_dir = run_dir
     return measured
 
 
 def interleaved(
-    settings: dict[str, Callable[[int], Measured]], reps: int
+    settings: dict[str, Callable[[], Measured]], reps: int
 ) -> dict[str, list[Measured]]:
-    """Call each setting's `run(rep)` in turn, A B C A B C ..., `reps` rounds."""
+    """Call each setting's `run()` in turn, A B C A B C ..., `reps` rounds."""
     out: dict[str, list[Measured]] = {name: [] for name in settings}
     for rep in range(reps):
         for name, run in settings.items():
-            out[name].append(run(rep))
+            out[name].append(run())
             print(f"  {name} rep {rep}: {out[name][-1].wall_s:.1f} s", flush=True)
     return out
 

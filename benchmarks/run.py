@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,15 @@ class Workspace:
             )
         return [f"upstream.sft.path={sft / 'model'}", f"upstream.reward.path={rm / 'model'}"]
 
-    def run(self, label: str, overrides: list[str]) -> Measured:
+    def run(
+        self,
+        label: str,
+        overrides: list[str],
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+    ) -> Measured:
         run_dir = self.next_dir(label)
-        return run_py(overrides, run_dir, run_dir.with_suffix(".log"))
+        return run_py(overrides, run_dir, run_dir.with_suffix(".log"), env, launcher or [])
 
 
 # ------------------------------------------------------------------------------- sections
@@ -215,9 +222,9 @@ def section_methods(ws: Workspace, reps: int) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for model in ["tiny"] if ws.quick else list(MODELS):
         upstream = ws.upstream(model)
-        settings: dict[str, Callable[[int], Measured]] = {
+        settings: dict[str, Callable[[], Measured]] = {
             method: (
-                lambda rep, m=method, model=model, upstream=upstream: ws.run(
+                lambda m=method, model=model, upstream=upstream: ws.run(
                     f"{model}-{m}",
                     [*ws.base(model), *method_overrides(m, ws.quick), *QUIET, *upstream],
                 )
@@ -314,8 +321,8 @@ def section_overhead(ws: Workspace, reps: int) -> dict[str, Any]:
         ]
         results = interleaved(
             {
-                "ours": lambda rep, a=ours_args, m=method: ws.run(f"ours-{m}", a),
-                "bare": lambda rep, a=bare_args, m=method: bare(ws, f"bare-{m}", a),
+                "ours": lambda a=ours_args, m=method: ws.run(f"ours-{m}", a),
+                "bare": lambda a=bare_args, m=method: bare(ws, f"bare-{m}", a),
             },
             reps,
         )
@@ -384,8 +391,8 @@ def section_naive(ws: Workspace, reps: int) -> dict[str, Any]:
     ]
     results = interleaved(
         {
-            "ours": lambda rep: ws.run("ours-dpo-defaults", ours_args),
-            "naive": lambda rep: bare(ws, "naive-dpo", bare_args),
+            "ours": lambda: ws.run("ours-dpo-defaults", ours_args),
+            "naive": lambda: bare(ws, "naive-dpo", bare_args),
         },
         reps,
     )
@@ -481,14 +488,7 @@ def section_scaling(ws: Workspace, reps: int) -> dict[str, Any]:
         args = [f"paths.root_dir={ws.root}", *base, *overrides]
         runs = []
         for _ in range(reps):
-            run_dir = ws.next_dir(f"scaling-{axis}-{value}")
-            cmd = [PYTHON, *launch, "run.py", *args, f"hydra.run.dir={run_dir}"] if launch else None
-            if cmd:
-                m = run_measured(cmd, run_dir.with_suffix(".log"))
-                m.metrics = json.loads((run_dir / "metrics.json").read_text())
-            else:
-                m = run_py(args, run_dir, run_dir.with_suffix(".log"))
-            runs.append(m)
+            runs.append(ws.run(f"scaling-{axis}-{value}", args, launcher=launch))
         ms = [r.metrics for r in runs]
         entry = {
             "loop_s": [m["time/train_s"] for m in ms],
@@ -504,16 +504,6 @@ def section_scaling(ws: Workspace, reps: int) -> dict[str, Any]:
             f"{spread(entry['tokens_per_s'])} | {rss} |"
         )
     return {"data": data, "table": rows}
-
-
-def _variant(
-    ws: Workspace, args: list[str], env: dict[str, str] | None, label: str
-) -> Callable[[int], Measured]:
-    def run(rep: int) -> Measured:
-        run_dir = ws.next_dir(label)
-        return run_py(args, run_dir, run_dir.with_suffix(".log"), env=env)
-
-    return run
 
 
 def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
@@ -549,7 +539,9 @@ def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
 
             results = interleaved(
                 {
-                    name: _variant(ws, [*overrides, *extra], env, f"{knob}-{name}-{model}-{method}")
+                    name: partial(
+                        ws.run, f"{knob}-{name}-{model}-{method}", [*overrides, *extra], env
+                    )
                     for name, (extra, env) in variants.items()
                 },
                 reps,
@@ -589,7 +581,11 @@ def write_report(quick: bool) -> Path:
         path = RESULTS / f"{name}{suffix}.json"
         if path.is_file():
             result = json.loads(path.read_text())
-            report += ["", f"## {name} ({result['reps']} reps, {result['date']})", ""]
+            report += [
+                "",
+                f"## {name} ({result['reps']} reps, {result.get('date', 'undated')})",
+                "",
+            ]
             report += result["table"]
     target = RESULTS / f"latest{suffix}.md"
     target.write_text("\n".join(report) + "\n")
