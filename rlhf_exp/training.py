@@ -55,6 +55,8 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         "fp16": False,
         "gradient_checkpointing": False,
         "disable_tqdm": False,
+        "train_sampling_strategy": "group_by_length" if spec.group_by_length else "random",
+        "torch_compile": spec.torch_compile,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": False,  # no accelerator to pin for on CPU; avoids a warning
         # real (unpadded) tokens per step, for `throughput`; costs one small all-reduce a step
@@ -182,6 +184,50 @@ def resume_checkpoint(ctx: RunContext) -> Path | None:
     return path
 
 
+# Token-id columns TRL 1.x's trainers feed the model (SFT: input_ids; reward: chosen/rejected
+# with the prompt inside; DPO: prompt_ids apart). A row costs its prompt plus its longest.
+_SEQUENCE_COLUMNS = ("input_ids", "chosen_ids", "rejected_ids")
+
+
+def with_lengths(dataset: Any) -> Any:
+    """`dataset` with the `length` column transformers' length-grouped sampler reads.
+
+    Without it the sampler looks for `input_ids`, which preference rows do not have.
+    """
+    if "length" in dataset.column_names:
+        return dataset
+    columns = [c for c in _SEQUENCE_COLUMNS if c in dataset.column_names]
+    if not columns:
+        raise UserError(
+            f"group_by_length: no token-id column among {dataset.column_names}; "
+            f"expected one of {', '.join(_SEQUENCE_COLUMNS)}"
+        )
+    prompt = "prompt_ids" in dataset.column_names
+
+    def length(row: dict[str, Any]) -> dict[str, int]:
+        longest = max(len(row[c]) for c in columns)
+        return {"length": longest + (len(row["prompt_ids"]) if prompt else 0)}
+
+    return dataset.map(length, desc="measuring lengths for group_by_length")
+
+
+def feed_lengths(trainer: Any) -> None:
+    """Give a trainer's length-grouped samplers (train and eval) the `length` column.
+
+    Trainers drop the columns their model does not take before building the sampler, so
+    `length` joins the kept columns (TRL's collators pick their own keys and ignore it).
+    """
+    trainer.train_dataset = with_lengths(trainer.train_dataset)
+    if isinstance(trainer.eval_dataset, dict):
+        trainer.eval_dataset = {k: with_lengths(v) for k, v in trainer.eval_dataset.items()}
+    elif trainer.eval_dataset is not None:
+        trainer.eval_dataset = with_lengths(trainer.eval_dataset)
+    if trainer.args.remove_unused_columns:
+        trainer._set_signature_columns_if_needed()
+        if "length" not in trainer._signature_columns:
+            trainer._signature_columns = [*trainer._signature_columns, "length"]
+
+
 def run_training(trainer: Any, ctx: RunContext) -> Any:
     """`trainer.train()` under a `TrainingGuard`, resuming when `resume_from` says so.
 
@@ -189,6 +235,8 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
     """
     guard = TrainingGuard()
     trainer.add_callback(guard)
+    if trainer.args.train_sampling_strategy == "group_by_length":
+        feed_lengths(trainer)
     start = resume_checkpoint(ctx)
     if start is not None:
         log.info("resuming from %s", start)

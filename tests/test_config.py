@@ -63,6 +63,8 @@ BAD = [
     (["+upstream.sft.overrides.beta=1"], "upstream.sft.overrides.beta", "unknown key"),
     (["+upstream.sft.overrides.max_steps=-5"], "upstream.sft.overrides.max_steps", ">= -1"),
     (["seed=one"], "seed", "expected int"),
+    (["method=ppo", "+method.group_by_length=true"], "method.group_by_length", "sft, reward, dpo"),
+    (["method=ppo", "+method.torch_compile=true"], "method.torch_compile", "sft, reward, dpo"),
 ]
 
 

@@ -84,6 +84,11 @@ class PPOSpec(TrainSpec):
                 self.response_length,
                 f"must be < method.max_length={self.max_length} (room for the prompt)",
             )
+        for knob in ("group_by_length", "torch_compile"):
+            if getattr(self, knob):
+                raise ConfigError(
+                    f"method.{knob}", True, "only trainer-backed methods take it (sft, reward, dpo)"
+                )
         if self.critic == "value_head" and self.critic_init != "auto":
             raise ConfigError(
                 "method.critic_init",

@@ -113,6 +113,10 @@ class TrainSpec:
     eval_steps: int = _f(100, ge=1)
     save_steps: int = _f(500, ge=1)  # checkpoint (weights, optimiser, RNG) every N steps
     max_eval_samples: int = _f(512, ge=1)
+    # Batches of similar lengths (less padding; order less random within a few batches).
+    group_by_length: bool = False
+    # torch.compile the model (transformers' `torch_compile`); pays compile time up front.
+    torch_compile: bool = False
 
 
 @dataclass
