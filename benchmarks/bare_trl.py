@@ -42,6 +42,7 @@ def common_args(opts: argparse.Namespace) -> dict:
         "num_train_epochs": 1,
         "max_steps": opts.steps,
         "per_device_train_batch_size": opts.batch,
+        "gradient_accumulation_steps": opts.grad_accum,
         "per_device_eval_batch_size": opts.eval_batch,
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.05,
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--naive", action="store_true")
     parser.add_argument("--steps", type=int, default=-1)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)

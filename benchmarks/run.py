@@ -257,6 +257,30 @@ def export_pairs(run_dir: Path, out: Path) -> Path:
     return out
 
 
+def bare_knobs(run_dir: Path) -> dict[str, Any]:
+    """bare_trl.py options carrying a framework run's trainer settings, so that both sides
+    train alike even where the bare script's defaults differ (e.g. reward's learning rate)."""
+    from omegaconf import OmegaConf
+
+    run = OmegaConf.load(run_dir / "config.yaml")
+    method = run.method
+    knobs = {
+        "--lr": method.learning_rate,
+        "--batch": method.per_device_train_batch_size,
+        "--grad-accum": method.gradient_accumulation_steps,
+        "--eval-batch": method.per_device_eval_batch_size,
+        "--max-length": method.max_length,
+        "--seed": run.seed,
+    }
+    if "beta" in method:
+        knobs["--beta"] = method.beta
+    return knobs
+
+
+def options(knobs: dict[str, Any]) -> list[str]:
+    return [str(x) for pair in knobs.items() for x in pair]
+
+
 def bare(ws: Workspace, label: str, args: list[str]) -> Measured:
     """`benchmarks/bare_trl.py ARGS`; its JSON line becomes the metrics."""
     run_dir = ws.next_dir(label)
@@ -306,6 +330,7 @@ def section_overhead(ws: Workspace, reps: int) -> dict[str, Any]:
         pairs = export_pairs(probe.run_dir, ws.root / f"pairs-{method}")
         bare_args = [
             method,
+            *options(bare_knobs(probe.run_dir)),
             "--model",
             sft_model,
             "--data",
@@ -377,9 +402,13 @@ def section_naive(ws: Workspace, reps: int) -> dict[str, Any]:
     probe = ws.run("probe-naive", ours_args)
     pairs = export_pairs(probe.run_dir, ws.root / "pairs-naive")
     n_train = sum(1 for _ in (pairs / "train.jsonl").open())
+    # The notebook fed each optimiser step's pairs in one batch: same pairs per step as ours.
+    naive_knobs = bare_knobs(probe.run_dir)
+    naive_knobs["--batch"] *= naive_knobs.pop("--grad-accum")
     bare_args = [
         "dpo",
         "--naive",
+        *options(naive_knobs),
         "--model",
         upstream[0].split("=", 1)[1],
         "--data",
@@ -506,37 +535,31 @@ def section_scaling(ws: Workspace, reps: int) -> dict[str, Any]:
     return {"data": data, "table": rows}
 
 
-def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
-    """Each fast-default candidate against its alternative, one knob at a time, interleaved:
-    bf16 autocast vs fp32, and 1 vs 2 threads (`OMP_NUM_THREADS`)."""
-    from common import child_env
+Variants = dict[str, tuple[list[str], dict[str, str] | None]]  # name: (overrides, env)
 
-    steps = 5 if ws.quick else 30
-    cases = {
-        "precision": {
-            "fp32": (["model.precision=fp32"], None),
-            "bf16": (["model.precision=bf16"], None),
-        },
-        "threads": {
-            "2": ([], child_env(OMP_NUM_THREADS="2")),
-            "1": ([], child_env(OMP_NUM_THREADS="1")),
-        },
-    }
-    workloads = [("tiny", "sft"), ("small", "sft"), ("tiny", "ppo")]
+
+def compare_knobs(
+    ws: Workspace,
+    reps: int,
+    cases: dict[str, Variants],
+    workloads: dict[str, list[tuple[str, str]]],
+    steps: int,
+) -> dict[str, Any]:
+    """Each knob's two variants (A = today's default, B = the candidate) interleaved on each
+    of its (model, method) workloads; tokens/s of each and B/A per pair of runs."""
     data: dict[str, Any] = {}
     rows = [
-        "| knob | model | method | A | B | tokens/s A | tokens/s B | B/A |",
-        "|---|---|---|---|---|---|---|---|",
+        "| knob | model | method | A | B | tokens/s A | tokens/s B | B/A | peak RSS MB A / B |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for knob, variants in cases.items():
-        for model, method in workloads:
+        for model, method in workloads[knob]:
             if ws.quick and model != "tiny":
                 continue
             upstream = ws.upstream(model)
             overrides = [*ws.base(model), *method_overrides(method, ws.quick), *QUIET, *upstream]
-            if method == "sft":
+            if method != "ppo":
                 overrides.append(f"method.max_steps={steps}")
-
             results = interleaved(
                 {
                     name: partial(
@@ -550,10 +573,61 @@ def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
             (a, ra), (b, rb) = results.items()
             ta, tb = [r.metrics[key] for r in ra], [r.metrics[key] for r in rb]
             ratio = [y / x for x, y in zip(ta, tb, strict=True)]
-            data[f"{knob}/{model}/{method}"] = {a: ta, b: tb, "ratio": ratio}
-            cells = [knob, model, method, a, b, spread(ta), spread(tb), spread(ratio)]
+            rss = {a: [r.peak_rss_mb for r in ra], b: [r.peak_rss_mb for r in rb]}
+            losses = {a: [r.metrics.get("eval/loss") for r in ra]}
+            losses[b] = [r.metrics.get("eval/loss") for r in rb]
+            data[f"{knob}/{model}/{method}"] = {
+                a: ta,
+                b: tb,
+                "ratio": ratio,
+                "peak_rss_mb": rss,
+                "eval_loss": losses,
+            }
+            memory = f"{median(rss[a]):.0f} / {median(rss[b]):.0f}"
+            cells = [knob, model, method, a, b, spread(ta), spread(tb), spread(ratio), memory]
             rows.append("| " + " | ".join(cells) + " |")
     return {"data": data, "table": rows}
+
+
+def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
+    """bf16 autocast vs fp32, and 1 vs 2 threads (`OMP_NUM_THREADS`), one knob at a time."""
+    from common import child_env
+
+    cases: dict[str, Variants] = {
+        "precision": {
+            "fp32": (["model.precision=fp32"], None),
+            "bf16": (["model.precision=bf16"], None),
+        },
+        "threads": {
+            "2": ([], child_env(OMP_NUM_THREADS="2")),
+            "1": ([], child_env(OMP_NUM_THREADS="1")),
+        },
+    }
+    workloads = [("tiny", "sft"), ("small", "sft"), ("tiny", "ppo")]
+    return compare_knobs(ws, reps, cases, dict.fromkeys(cases, workloads), 5 if ws.quick else 30)
+
+
+def section_trainer_knobs(ws: Workspace, reps: int) -> dict[str, Any]:
+    """Length grouping and torch.compile against today's defaults, on the trainer methods.
+
+    Compile pays its compilation inside the loop (and again for each new padded length), so
+    the loop is long enough for that to amortise as far as a default run would.
+    """
+    cases: dict[str, Variants] = {
+        "group_by_length": {
+            "false": (["method.group_by_length=false"], None),
+            "true": (["method.group_by_length=true"], None),
+        },
+        "torch_compile": {
+            "false": (["method.torch_compile=false"], None),
+            "true": (["method.torch_compile=true"], None),
+        },
+    }
+    workloads = {
+        "group_by_length": [("tiny", "dpo"), ("small", "dpo"), ("tiny", "sft")],
+        "torch_compile": [("tiny", "dpo"), ("small", "dpo")],
+    }
+    return compare_knobs(ws, reps, cases, workloads, 10 if ws.quick else 60)
 
 
 SECTIONS = {
@@ -563,6 +637,7 @@ SECTIONS = {
     "naive": section_naive,
     "scaling": section_scaling,
     "defaults": section_defaults,
+    "trainer_knobs": section_trainer_knobs,
 }
 
 
