@@ -1,10 +1,12 @@
 """Benchmark harness: roofline, per-method throughput and MFU, framework overhead against bare
-TRL, our defaults against the naive notebook setup, and scaling.
+TRL, our defaults against the naive notebook setup, scaling, and candidate defaults one knob
+at a time (precision and threads; length grouping and torch.compile).
 
-    python benchmarks/run.py                   # everything (about 90 min on 2 cores)
+    python benchmarks/run.py                   # everything (about 2 h on 2 cores)
     python benchmarks/run.py --quick           # every section, shrunk (a few minutes)
     python benchmarks/run.py overhead naive    # chosen sections
     python benchmarks/ppo_peers.py             # PPO against TRL's RLOO, GRPO and 1.12 PPO
+    python benchmarks/memory_timeline.py -- python run.py ...   # RSS phase by phase
 
 Every measured run is its own process (`python run.py ...` or `benchmarks/bare_trl.py`), so
 its peak RSS is its own and nothing is warm from a previous run but the OS page cache.
