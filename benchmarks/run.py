@@ -575,9 +575,10 @@ def compare_knobs(
             (a, ra), (b, rb) = results.items()
             ta, tb = [r.metrics[key] for r in ra], [r.metrics[key] for r in rb]
             ratio = [y / x for x, y in zip(ta, tb, strict=True)]
-            rss = {a: [r.peak_rss_mb for r in ra], b: [r.peak_rss_mb for r in rb]}
-            losses = {a: [r.metrics.get("eval/loss") for r in ra]}
-            losses[b] = [r.metrics.get("eval/loss") for r in rb]
+            rss = {name: [r.peak_rss_mb for r in runs] for name, runs in results.items()}
+            losses = {
+                name: [r.metrics.get("eval/loss") for r in runs] for name, runs in results.items()
+            }
             data[f"{knob}/{model}/{method}"] = {
                 a: ta,
                 b: tb,
