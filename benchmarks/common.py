@@ -80,10 +80,13 @@ def run_py(
 def interleaved(
     settings: dict[str, Callable[[], Measured]], reps: int
 ) -> dict[str, list[Measured]]:
-    """Call each setting's `run()` in turn, A B C A B C ..., `reps` rounds."""
+    """Call each setting's `run()` in turn, `reps` rounds, the order reversed every other
+    round (A B C, C B A, A B C, ...): whatever favours the first or the last run of a round
+    (page cache, clock, memory left by the previous process) falls on each setting alike."""
     out: dict[str, list[Measured]] = {name: [] for name in settings}
     for rep in range(reps):
-        for name, run in settings.items():
+        order = list(settings.items())
+        for name, run in order if rep % 2 == 0 else reversed(order):
             out[name].append(run())
             print(f"  {name} rep {rep}: {out[name][-1].wall_s:.1f} s", flush=True)
     return out

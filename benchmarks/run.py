@@ -10,8 +10,8 @@ at a time (precision and threads; length grouping and torch.compile).
 
 Every measured run is its own process (`python run.py ...` or `benchmarks/bare_trl.py`), so
 its peak RSS is its own and nothing is warm from a previous run but the OS page cache.
-Compared settings run interleaved (A B A B ...), and tables show medians with min-max, so
-drift on a shared machine hits both sides alike. Results go to `benchmarks/results/*.json`
+Compared settings run interleaved, the order reversed every other round (A B, B A, ...),
+and tables show medians with min-max, so drift on a shared machine hits both sides alike. Results go to `benchmarks/results/*.json`
 and `benchmarks/results/latest.md`.
 
 MFU counts model FLOPs only (6 N per trained token, N = parameters; padding and attention
@@ -304,7 +304,9 @@ def section_overhead(ws: Workspace, reps: int) -> dict[str, Any]:
     check, TensorBoard, token counting); the process ratio adds what the framework does
     around it (config checks, cache, before/after evaluation, reports).
     """
-    steps = 10 if ws.quick else 60
+    # Long enough (~35 s of DPO loop) that a burst of noise on a shared machine is a small
+    # part of one run: at 60 steps single runs of the same command varied by +-25%.
+    steps = 10 if ws.quick else 200
     upstream = ws.upstream("tiny")
     sft_model = upstream[0].split("=", 1)[1]
     knobs = ["method.eval_steps=1000", "method.save_steps=1000", "method.logging_steps=10"]
