@@ -11,8 +11,8 @@ at a time (precision and threads; length grouping and torch.compile).
 Every measured run is its own process (`python run.py ...` or `benchmarks/bare_trl.py`), so
 its peak RSS is its own and nothing is warm from a previous run but the OS page cache.
 Compared settings run interleaved, the order reversed every other round (A B, B A, ...),
-and tables show medians with min-max, so drift on a shared machine hits both sides alike. Results go to `benchmarks/results/*.json`
-and `benchmarks/results/latest.md`.
+and tables show medians with min-max, so drift on a shared machine hits both sides alike.
+Results go to `benchmarks/results/*.json` and `benchmarks/results/latest.md`.
 
 MFU counts model FLOPs only (6 N per trained token, N = parameters; padding and attention
 score FLOPs not counted) over the best fp32 matmul rate of this machine at the model's shapes.
@@ -550,11 +550,13 @@ def compare_knobs(
     steps: int,
 ) -> dict[str, Any]:
     """Each knob's two variants (A = today's default, B = the candidate) interleaved on each
-    of its (model, method) workloads; tokens/s of each and B/A per pair of runs."""
+    of its (model, method) workloads; tokens/s of each and B/A per pair of runs, and the
+    result each trained to (held-out loss; PPO: gold reward of the held-out prompts)."""
     data: dict[str, Any] = {}
     rows = [
-        "| knob | model | method | A | B | tokens/s A | tokens/s B | B/A | peak RSS MB A / B |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| knob | model | method | A | B | tokens/s A | tokens/s B | B/A | peak RSS MB A / B "
+        "| result A / B |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for knob, variants in cases.items():
         for model, method in workloads[knob]:
@@ -578,18 +580,19 @@ def compare_knobs(
             ta, tb = [r.metrics[key] for r in ra], [r.metrics[key] for r in rb]
             ratio = [y / x for x, y in zip(ta, tb, strict=True)]
             rss = {name: [r.peak_rss_mb for r in runs] for name, runs in results.items()}
-            losses = {
-                name: [r.metrics.get("eval/loss") for r in runs] for name, runs in results.items()
-            }
+            quality = "eval/gold_reward" if method == "ppo" else "eval/loss"
+            scores = {name: [r.metrics[quality] for r in runs] for name, runs in results.items()}
             data[f"{knob}/{model}/{method}"] = {
                 a: ta,
                 b: tb,
                 "ratio": ratio,
                 "peak_rss_mb": rss,
-                "eval_loss": losses,
+                quality: scores,
             }
             memory = f"{median(rss[a]):.0f} / {median(rss[b]):.0f}"
+            result = f"{quality.split('/')[1]} {median(scores[a]):.4g} / {median(scores[b]):.4g}"
             cells = [knob, model, method, a, b, spread(ta), spread(tb), spread(ratio), memory]
+            cells.append(result)
             rows.append("| " + " | ".join(cells) + " |")
     return {"data": data, "table": rows}
 
@@ -608,8 +611,12 @@ def section_defaults(ws: Workspace, reps: int) -> dict[str, Any]:
             "1": ([], child_env(OMP_NUM_THREADS="1")),
         },
     }
-    workloads = [("tiny", "sft"), ("small", "sft"), ("tiny", "ppo")]
-    return compare_knobs(ws, reps, cases, dict.fromkeys(cases, workloads), 5 if ws.quick else 30)
+    every_method = [(model, method) for model in MODELS for method in METHODS]
+    workloads = {
+        "precision": every_method,
+        "threads": [("tiny", "sft"), ("small", "sft"), ("tiny", "ppo")],
+    }
+    return compare_knobs(ws, reps, cases, workloads, 5 if ws.quick else 30)
 
 
 def section_trainer_knobs(ws: Workspace, reps: int) -> dict[str, Any]:
