@@ -155,7 +155,11 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
     tracker = Tracker(run_dir, run.logger.tensorboard, writes=is_main_process())
     ctx = RunContext(run, run_dir, cache, tracker)
     try:
-        metrics = {"method": run.method.name, **method.run(run, ctx)}
+        metrics = {
+            "method": run.method.name,
+            **method.run(run, ctx),
+            "model/precision": run.model.precision,  # what `auto` became on this machine
+        }
         hparams: dict[str, Any] = {"method": run.method.name, "seed": run.seed}
         knob = type(run.method).KL_KNOB
         if knob is not None:

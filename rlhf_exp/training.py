@@ -28,7 +28,7 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
 
     TRL defaults `bf16=True` and gradient checkpointing on. Checkpointing only recomputes
     activations that fit easily for small models, so it is off; bf16 follows
-    `model.precision` (fp32 by default: see benchmarks/NOTES.md for what bf16 gains here).
+    `model.precision` (settled for this machine if `auto`; benchmarks/NOTES.md: what bf16 gains).
     """
     return {
         "output_dir": str(ctx.checkpoint_dir),

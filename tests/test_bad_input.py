@@ -43,7 +43,7 @@ CASES = [
         ["model.dtype=float8"],
         "model.dtype='float8' is invalid: choose one of float32, bfloat16, float16",
     ),
-    (["model.precision=fp16"], "model.precision='fp16' is invalid: choose one of fp32, bf16"),
+    (["model.precision=fp16"], "model.precision='fp16' is invalid: choose one of fp32, bf16, auto"),
     (["model.tiny.n_head=3"], "model.tiny.n_head=3 is invalid: must divide model.tiny.n_embd=128"),
     (
         ["method.max_length=4096"],

@@ -2,7 +2,9 @@
 
 YAML under `conf/` is the source of truth; these dataclasses give it types, ranges and
 cross-field rules. `validate(cfg)` turns a composed `DictConfig` into a `RunConfig` or raises
-`ConfigError` naming the key, the bad value and what is valid. This module never imports torch.
+`ConfigError` naming the key, the bad value and what is valid. This module imports torch only
+to settle `model.precision=auto` for this machine (in `validate`, so that every later step,
+cache keys included, sees the precision the run really uses).
 
 Range rules live in field metadata: `gt`/`ge`/`lt`/`le` bounds and `choices`.
 """
@@ -10,6 +12,7 @@ Range rules live in field metadata: `gt`/`ge`/`lt`/`le` bounds and `choices`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import types
 import typing
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rlhf_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _f(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -44,9 +49,10 @@ class ModelSpec:
     name_or_path: str | None = None  # hub id or local dir; null builds the tiny model
     dtype: str = _f("float32", choices=["float32", "bfloat16", "float16"])  # of the weights
     # Compute precision of training and rollouts: fp32, or bf16 autocast (weights and
-    # optimiser state stay in `dtype`). bf16 runs on CPUs and recent GPUs alike; fp16 would
-    # need a GPU and loss scaling for no gain over bf16 on the hardware that has both.
-    precision: str = _f("fp32", choices=["fp32", "bf16"])
+    # optimiser state stay in `dtype`), or auto: bf16 where the hardware has native bf16
+    # (rlhf_exp.hardware), else fp32. fp16 would need a GPU and loss scaling for no gain
+    # over bf16 on the hardware that has both.
+    precision: str = _f("fp32", choices=["fp32", "bf16", "auto"])
     trust_remote_code: bool = False
     lora_target_modules: list[str] = _f(["c_attn", "c_proj", "c_fc"])
     tiny: TinySpec = field(default_factory=TinySpec)
@@ -395,4 +401,9 @@ def validate(cfg: Any) -> RunConfig:
     run = build(RunConfig, {**data, "method": {}}, "")
     run.method = data["method"]
     _cross_checks(run)
+    if run.model.precision == "auto":
+        from rlhf_exp.hardware import auto_precision
+
+        run.model.precision, reason = auto_precision()
+        log.info("model.precision=auto: %s (%s)", run.model.precision, reason)
     return run

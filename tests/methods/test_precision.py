@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from rlhf_exp.hardware import auto_precision
 from tests.methods.logs import scalars
 
 pytestmark = pytest.mark.slow
@@ -41,3 +42,12 @@ def test_ppo_bf16_rollout_matches_update_precision(run_method, tmp_path):
     assert max(log["check/first_ratio_max_dev"]) < 0.1
     assert max(log["check/first_clipfrac"]) < 0.05
     assert all(math.isfinite(v) for v in log["objective/kl"])
+
+
+def test_auto_precision_is_recorded_and_trains_as_its_choice(run_method):
+    expected, _ = auto_precision()  # this machine's answer: bf16 here, fp32 without bf16 units
+    auto, _, run, _ = run_method("method=sft", "method.max_steps=4", "model.precision=auto")
+    steps = "method.max_steps=4"
+    explicit, _, _, _ = run_method("method=sft", steps, f"model.precision={expected}")
+    assert run.model.precision == auto["model/precision"] == expected
+    assert auto["eval/loss"] == explicit["eval/loss"]  # bf16 and fp32 differ (test above)

@@ -1,0 +1,49 @@
+"""What this machine computes fast, for `model.precision=auto`.
+
+bf16 autocast pays where the hardware multiplies bf16 natively: CUDA GPUs that support it,
+and x86 CPUs with AMX or AVX-512-BF16 (measured in benchmarks/NOTES.md: up to 1.6x on a 20M
+model's training here). Elsewhere bf16 is emulated and slower than fp32, so `auto` is fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# x86 feature flags (Linux /proc/cpuinfo names) of native bf16 matrix or vector arithmetic.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags; empty where /proc/cpuinfo does not exist (macOS, Windows)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def native_bf16(flags: set[str] | None = None) -> str | None:
+    """Why this machine computes bf16 natively (e.g. "CPU has amx_bf16"), or None.
+
+    Training runs on the GPU when there is one (else on the CPU), so the GPU decides first.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return f"GPU {torch.cuda.get_device_name()} supports bf16"
+        return None
+    found = [f for f in CPU_BF16_FLAGS if f in (cpu_flags() if flags is None else flags)]
+    return f"CPU has {', '.join(found)}" if found else None
+
+
+def auto_precision(flags: set[str] | None = None) -> tuple[str, str]:
+    """`(precision, reason)` that `model.precision=auto` means on this machine."""
+    reason = native_bf16(flags)
+    if reason is None:
+        return "fp32", "no native bf16 on this machine"
+    return "bf16", reason

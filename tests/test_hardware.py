@@ -1,0 +1,54 @@
+"""`model.precision=auto`: bf16 exactly where the machine multiplies bf16 natively."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlhf_exp import hardware
+from rlhf_exp.config.schema import validate
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+bugs\t\t: spectre_v1
+"""
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO)
+    flags = {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16", "amx_tile"}
+    assert hardware.cpu_flags(cpuinfo) == flags
+    assert hardware.cpu_flags(tmp_path / "missing") == set()  # macOS, Windows
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "amx_bf16", "amx_tile"}, ("bf16", "CPU has amx_bf16")),
+        ({"avx512f", "avx512_bf16"}, ("bf16", "CPU has avx512_bf16")),
+        ({"avx2", "avx512f", "amx_tile"}, ("fp32", "no native bf16 on this machine")),
+        (set(), ("fp32", "no native bf16 on this machine")),
+    ],
+)
+def test_auto_precision_on_a_cpu_machine(monkeypatch, flags, expected):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert hardware.auto_precision(flags) == expected
+
+
+@pytest.mark.parametrize(("native", "expected"), [("CPU has amx_bf16", "bf16"), (None, "fp32")])
+def test_validate_settles_auto_for_this_machine(compose_cfg, monkeypatch, native, expected):
+    monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: native)
+    assert validate(compose_cfg("model.precision=auto")).model.precision == expected
+    # an explicit choice is kept whatever the machine
+    assert validate(compose_cfg("model.precision=fp32")).model.precision == "fp32"
+    assert validate(compose_cfg("model.precision=bf16")).model.precision == "bf16"
+
+
+@pytest.mark.parametrize("model", ["gpt2", "pythia-160m"])
+def test_hub_models_default_to_auto(compose_cfg, monkeypatch, model):
+    monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: "CPU has amx_bf16")
+    assert validate(compose_cfg(f"model={model}")).model.precision == "bf16"
+    assert validate(compose_cfg()).model.precision == "fp32"  # the tiny default stays fp32
