@@ -1,8 +1,9 @@
 """What this machine computes fast, for `model.precision=auto`.
 
 bf16 autocast pays where the hardware multiplies bf16 natively: CUDA GPUs that support it,
-and x86 CPUs with AMX or AVX-512-BF16 (measured in benchmarks/NOTES.md: up to 1.6x on a 20M
-model's training here). Elsewhere bf16 is emulated and slower than fp32, so `auto` is fp32.
+and x86 CPUs with AMX or AVX-512-BF16 (benchmarks/NOTES.md: 1.5-1.7x on every method with a
+20M model on an AVX-512-BF16 CPU; nothing on a 0.6M one, hence chosen per model config).
+Elsewhere bf16 is emulated and slower than fp32, so `auto` is fp32.
 """
 
 from __future__ import annotations

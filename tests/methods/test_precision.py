@@ -46,8 +46,10 @@ def test_ppo_bf16_rollout_matches_update_precision(run_method, tmp_path):
 
 def test_auto_precision_is_recorded_and_trains_as_its_choice(run_method):
     expected, _ = auto_precision()  # this machine's answer: bf16 here, fp32 without bf16 units
-    auto, _, run, _ = run_method("method=sft", "method.max_steps=4", "model.precision=auto")
+    other = "fp32" if expected == "bf16" else "bf16"
     steps = "method.max_steps=4"
-    explicit, _, _, _ = run_method("method=sft", steps, f"model.precision={expected}")
+    auto, _, run, _ = run_method("method=sft", steps, "model.precision=auto")
+    chosen, _, _, _ = run_method("method=sft", steps, f"model.precision={expected}")
+    not_chosen, _, _, _ = run_method("method=sft", steps, f"model.precision={other}")
     assert run.model.precision == auto["model/precision"] == expected
-    assert auto["eval/loss"] == explicit["eval/loss"]  # bf16 and fp32 differ (test above)
+    assert auto["eval/loss"] == chosen["eval/loss"] != not_chosen["eval/loss"]
