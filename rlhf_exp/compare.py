@@ -7,6 +7,10 @@ TensorBoard events), never models, so it also rebuilds the report of a sweep tha
 failed: a job without a `metrics.json`, or whose metrics say `status: failed`, is listed as
 failed with the last error line of its log. A run's knob is its method's KL knob (DPO's
 `beta`, PPO's `kl_coef`), as recorded in its metrics.
+
+The score a sweep is judged by is picked once for the whole report (`report_score`): the gold
+reward when any job logged one, else the learned reward model's score (real preference data
+has no gold scorer), and every table, axis and bar title names which it is.
 """
 
 from __future__ import annotations
@@ -27,16 +31,41 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
 
-# (metrics.json key, column title); the interval columns are added next to gold reward.
-COLUMNS = [
-    ("eval/gold_reward", "gold reward"),
-    ("eval/kl", "KL"),
-    ("eval/rm_reward", "RM score"),
-    ("eval/bleu", "BLEU"),
-    ("eval/win_rate_gold", "win rate (gold)"),
-    ("eval/length_mean", "length"),
-    ("time/wall_s", "wall s"),
-    ("memory/peak_rss_mb", "peak MB"),
+
+@dataclass(frozen=True)
+class Score:
+    """The reward a sweep's policies are compared by, and how the report names it."""
+
+    key: str  # metrics.json key of the mean score (its interval: `<key>_ci_low/_ci_high`)
+    title: str  # table column
+    axis: str  # frontier y-axis
+    win_key: str  # win rate against the SFT policy by this score
+    win_title: str  # its table column
+    bars_title: str  # its bar chart
+
+
+GOLD = Score(
+    "eval/gold_reward",
+    "gold reward",
+    "gold reward (mean)",
+    "eval/win_rate_gold",
+    "win rate (gold)",
+    "win rate vs SFT (gold)",
+)
+# A learned RM is what PPO optimises, so the axis says it is not ground truth.
+RM = Score(
+    "eval/rm_reward",
+    "RM score",
+    "RM score (learned reward model; no gold reward)",
+    "eval/win_rate_rm",
+    "win rate (RM)",
+    "win rate vs SFT (RM score)",
+)
+# Reward-model jobs: held-out pair accuracy next to what words alone reach on the same pairs
+# (`rlhf_exp.lexical_baseline`); shown when any job logged them.
+ACCURACY_COLUMNS = [
+    ("eval/accuracy", "RM accuracy"),
+    ("eval/accuracy_lexical_baseline", "lexical baseline accuracy"),
 ]
 # Plotted for each method that logged them (PPO: the objective/*; DPO: train/rewards/*).
 CURVE_TAGS = [
@@ -107,8 +136,26 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _gold_cell(metrics: dict[str, Any]) -> str:
-    mean, lo, hi = (metrics.get(f"eval/gold_reward{s}") for s in ("", "_ci_low", "_ci_high"))
+def report_score(jobs: list[Job]) -> Score:
+    """Gold reward when any job logged it, else the RM score: one choice for the whole sweep,
+    so every run is compared on the same scale."""
+    return GOLD if any(GOLD.key in j.metrics for j in jobs) else RM
+
+
+def columns(jobs: list[Job], score: Score | None = None) -> list[tuple[str, str]]:
+    """(metrics.json key, column title) of the tables; the score column comes first."""
+    score = score or report_score(jobs)
+    # With a gold score the RM score is one more column; without, it is the score itself.
+    rm = [("eval/rm_reward", "RM score")] if score is GOLD else []
+    cols = [(score.key, score.title), ("eval/kl", "KL"), *rm, ("eval/bleu", "BLEU")]
+    cols.append((score.win_key, score.win_title))
+    cols += [c for c in ACCURACY_COLUMNS if any(c[0] in j.metrics for j in jobs)]
+    cols += [("eval/length_mean", "length"), ("time/wall_s", "wall s")]
+    return [*cols, ("memory/peak_rss_mb", "peak MB")]
+
+
+def _score_cell(metrics: dict[str, Any], key: str) -> str:
+    mean, lo, hi = (metrics.get(f"{key}{s}") for s in ("", "_ci_low", "_ci_high"))
     if mean is None:
         return ""
     return (
@@ -116,10 +163,18 @@ def _gold_cell(metrics: dict[str, Any]) -> str:
     )
 
 
-def markdown_table(jobs: list[Job]) -> str:
+def _has_ci(jobs: list[Job], score: Score) -> bool:
+    # evaluation bootstraps the gold reward only; an RM score comes without an interval
+    return any(f"{score.key}_ci_low" in j.metrics for j in jobs)
+
+
+def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
     """One row per job, then one aggregated row (mean ± std over seeds) per method + knob."""
-    head = ["run", "method", "knob", "seed", "gold reward [95% CI]"]
-    head += [title for key, title in COLUMNS if key != "eval/gold_reward"]
+    score = score or report_score(jobs)
+    cols = columns(jobs, score)
+    ci = " [95% CI]" if _has_ci(jobs, score) else ""
+    head = ["run", "method", "knob", "seed", score.title + ci]
+    head += [title for _, title in cols[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
     for job in sorted(jobs, key=lambda j: (j.method, knob_of(j), j.seed)):
@@ -129,15 +184,15 @@ def markdown_table(jobs: list[Job]) -> str:
             cells += [""] * (len(head) - len(cells))
         else:
             groups[(job.method, knob)].append(job)
-            cells = [job.name, job.method, knob, job.seed, _gold_cell(job.metrics)]
-            cells += [_fmt(job.metrics.get(key)) for key, _ in COLUMNS if key != "eval/gold_reward"]
+            cells = [job.name, job.method, knob, job.seed, _score_cell(job.metrics, score.key)]
+            cells += [_fmt(job.metrics.get(key)) for key, _ in cols[1:]]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
 
-    agg = ["| method | knob | seeds | " + " | ".join(t for _, t in COLUMNS) + " |"]
-    agg.append("|" + "---|" * (3 + len(COLUMNS)))
+    agg = ["| method | knob | seeds | " + " | ".join(t for _, t in cols) + " |"]
+    agg.append("|" + "---|" * (3 + len(cols)))
     for (method, knob), members in sorted(groups.items()):
         cells = [method, knob, str(len(members))]
-        for key, _ in COLUMNS:
+        for key, _ in cols:
             vals = [j.metrics[key] for j in members if isinstance(j.metrics.get(key), (int, float))]
             std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.fmean(vals):.4g} ± {std:.2g}" if vals else "")
@@ -153,29 +208,29 @@ def _series(jobs: list[Job]) -> dict[str, list[tuple[str, list[Job]]]]:
     return {m: sorted(k.items()) for m, k in by_method.items()}
 
 
-def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
-    """Gold reward against KL, one series per method, a point per knob with std over seeds."""
+def plot_frontier(jobs: list[Job], out: Path, score: Score | None = None) -> Path | None:
+    """The sweep's score (`report_score`) against KL, one series per method, a point per knob
+    with std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    score = score or report_score(jobs)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     plotted = False
     for method, knobs in _series(jobs).items():
         points = []
         for knob, members in knobs:
             kl = [j.metrics["eval/kl"] for j in members if "eval/kl" in j.metrics]
-            gold = [
-                j.metrics["eval/gold_reward"] for j in members if "eval/gold_reward" in j.metrics
-            ]
-            if kl and gold:
+            ys = [j.metrics[score.key] for j in members if score.key in j.metrics]
+            if kl and ys:
                 points.append(
                     (
                         statistics.fmean(kl),
-                        statistics.fmean(gold),
+                        statistics.fmean(ys),
                         statistics.pstdev(kl),
-                        statistics.pstdev(gold),
+                        statistics.pstdev(ys),
                         knob,
                     )
                 )
@@ -192,7 +247,7 @@ def plot_frontier(jobs: list[Job], out: Path) -> Path | None:
         return None
     ax.set(
         xlabel="KL(policy || reference), nats per completion",
-        ylabel="gold reward (mean)",
+        ylabel=score.axis,
         title="Reward vs KL frontier",
     )
     ax.grid(alpha=0.3)
@@ -263,19 +318,20 @@ def plot_curves(jobs: list[Job], out: Path) -> Path | None:
     return path
 
 
-def plot_bars(jobs: list[Job], out: Path) -> Path | None:
-    """BLEU and gold win rate per method + knob (mean over seeds)."""
+def plot_bars(jobs: list[Job], out: Path, score: Score | None = None) -> Path | None:
+    """BLEU and the win rate by the sweep's score per method + knob (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    score = score or report_score(jobs)
     rows = []
     for method, knobs in _series(jobs).items():
         for knob, members in knobs:
             means = [
                 statistics.fmean([j.metrics.get(k, math.nan) for j in members])
-                for k in ("eval/bleu", "eval/win_rate_gold")
+                for k in ("eval/bleu", score.win_key)
             ]
             rows.append((f"{method}\n{knob}", *means))
     if not rows or all(math.isnan(b) and math.isnan(w) for _, b, w in rows):
@@ -286,7 +342,7 @@ def plot_bars(jobs: list[Job], out: Path) -> Path | None:
     axes[0].set(title="BLEU vs preferred references")
     axes[1].bar(labels, wins)
     axes[1].axhline(0.5, color="gray", linestyle="--", linewidth=1)
-    axes[1].set(title="win rate vs SFT (gold)", ylim=(0, 1))
+    axes[1].set(title=score.bars_title, ylim=(0, 1))
     for ax in axes:
         ax.tick_params(axis="x", labelsize=7)
     path = out / "bars.png"
@@ -301,26 +357,34 @@ def build_report(sweep_dir: Path) -> Path:
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise FileNotFoundError(f"no Hydra job dirs (*/.hydra/overrides.yaml) under {sweep_dir}")
+    score = report_score(jobs)
     plots = [
         p
         for p in (
-            plot_frontier(jobs, sweep_dir),
+            plot_frontier(jobs, sweep_dir, score),
             plot_curves(jobs, sweep_dir),
-            plot_bars(jobs, sweep_dir),
+            plot_bars(jobs, sweep_dir, score),
         )
         if p is not None
     ]
     failed = sum(j.error is not None for j in jobs)
+    interval = " with a bootstrap 95% interval" if _has_ci(jobs, score) else ""
     parts = [
         f"# Comparison: {sweep_dir.name}",
         "",
-        f"{len(jobs)} runs, {failed} failed. Gold reward: mean over held-out prompts with a "
-        "bootstrap 95% interval; KL: sequence-level KL(policy || SFT) from sampled "
+        f"{len(jobs)} runs, {failed} failed. {score.title[0].upper()}{score.title[1:]}: mean "
+        f"over held-out prompts{interval}; KL: sequence-level KL(policy || SFT) from sampled "
         "completions; BLEU: overlap with the preferred references (not a quality score).",
         "",
-        markdown_table(jobs),
-        "",
     ]
+    if score is RM:
+        parts += [
+            "No run logged a gold reward (`eval/gold_reward`), so runs are compared by the RM "
+            "score (`eval/rm_reward`): the learned reward model's score, which PPO optimises "
+            "directly, not ground truth; win rates are by the RM score too.",
+            "",
+        ]
+    parts += [markdown_table(jobs, score), ""]
     parts += [f"![{p.stem}]({p.name})" for p in plots]
     report = sweep_dir / "comparison.md"
     report.write_text("\n".join(parts) + "\n")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.figure
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
@@ -21,7 +22,7 @@ def make_job(sweep: Path, overrides: list[str], metrics: dict | None, log: str =
         (job / "metrics.json").write_text(json.dumps(metrics))
         writer = SummaryWriter(str(job / "tensorboard"))
         for step in range(3):
-            writer.add_scalar("objective/kl", metrics["eval/kl"] * step, step)
+            writer.add_scalar("objective/kl", metrics.get("eval/kl", 1.0) * step, step)
         writer.close()
     (job / "run.log").write_text(log)
     return job
@@ -38,6 +39,32 @@ def metrics(method: str, kl: float, gold: float) -> dict:
         "eval/win_rate_gold": 0.6,
         "time/wall_s": 12.0,
     }
+
+
+def rm_metrics(method: str, kl: float, rm: float) -> dict:
+    """What a run on preference data without a gold scorer logs: the RM score, no gold."""
+    return {
+        "method": method,
+        "eval/kl": kl,
+        "eval/rm_reward": rm,
+        "eval/bleu": 0.1,
+        "eval/win_rate_rm": 0.7,
+        "time/wall_s": 12.0,
+    }
+
+
+@pytest.fixture
+def figure_labels(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """File name -> the y-labels and titles of each saved figure's axes."""
+    saved: dict[str, list[str]] = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        saved[Path(path).name] = [t for ax in fig.axes for t in (ax.get_ylabel(), ax.get_title())]
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    return saved
 
 
 def test_report_lists_every_run_aggregates_seeds_and_marks_failures(tmp_path: Path):
@@ -66,6 +93,58 @@ def test_report_lists_every_run_aggregates_seeds_and_marks_failures(tmp_path: Pa
     assert "| ppo | kl_coef=0.05 | 1 |" in report
     for png in ("frontier.png", "curves.png", "bars.png"):
         assert (sweep / png).stat().st_size > 1000 and f"({png})" in report
+
+
+def test_gold_reward_is_the_score_when_any_run_has_it(tmp_path: Path, figure_labels):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, ["method=dpo", "seed=0"], metrics("dpo", 2.0, 0.3))
+    make_job(sweep, ["method=ppo", "seed=0"], {**metrics("ppo", 3.0, 0.5), "eval/rm_reward": 7.0})
+    report = build_report(sweep).read_text()
+    assert "Gold reward: mean over held-out prompts with a bootstrap 95% interval" in report
+    assert "| run | method | knob | seed | gold reward [95% CI] | KL | RM score | BLEU |" in report
+    assert "win rate (gold)" in report and "no gold" not in report.lower()
+    assert "RM accuracy" not in report  # no reward-model job, no accuracy columns
+    assert "gold reward (mean)" in figure_labels["frontier.png"]
+    assert "win rate vs SFT (gold)" in figure_labels["bars.png"]
+
+
+def test_without_gold_reward_the_rm_score_is_the_score(tmp_path: Path, figure_labels):
+    sweep = tmp_path / "sweep"
+    for seed, rm in ((0, 5.0), (1, 6.0)):
+        make_job(sweep, ["method=dpo", "method.beta=0.1", f"seed={seed}"], rm_metrics("dpo", 2, rm))
+    make_job(sweep, ["method=ppo", "method.kl_coef=0.05", "seed=0"], rm_metrics("ppo", 3.0, 8.0))
+
+    report = build_report(sweep).read_text()
+    assert "3 runs, 0 failed. RM score: mean over held-out prompts;" in report
+    assert "No run logged a gold reward (`eval/gold_reward`)" in report
+    assert "| run | method | knob | seed | RM score | KL | BLEU | win rate (RM) |" in report
+    assert "gold reward" not in report.replace("logged a gold reward", "")
+    assert "| 5.000 | 2 |" in report  # the per-run score cell, without an interval
+    assert "| dpo | beta=0.1 | 2 | 5.5 ± 0.5 | 2 ± 0 | 0.1 ± 0 | 0.7 ± 0 |" in report
+    for png in ("frontier.png", "bars.png"):
+        assert (sweep / png).stat().st_size > 1000 and f"({png})" in report
+    assert "RM score (learned reward model; no gold reward)" in figure_labels["frontier.png"]
+    assert "win rate vs SFT (RM score)" in figure_labels["bars.png"]
+
+
+def test_reward_model_runs_show_accuracy_next_to_the_lexical_baseline(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    for seed, acc in ((0, 0.97), (1, 0.95)):
+        make_job(
+            sweep,
+            ["method=reward", f"seed={seed}"],
+            {
+                "method": "reward",
+                "eval/accuracy": acc,
+                "eval/accuracy_lexical_baseline": 0.972,
+                "time/wall_s": 60.0,
+            },
+        )
+    report = build_report(sweep).read_text()
+    assert "| win rate (RM) | RM accuracy | lexical baseline accuracy | length |" in report
+    assert "| 0.97 | 0.972 |" in report and "| 0.95 | 0.972 |" in report
+    assert "| 0.96 ± 0.01 | 0.972 ± 0 |" in report
+    assert not (sweep / "frontier.png").exists()  # no policy was evaluated: nothing to plot
 
 
 def test_cli_rebuilds_report_and_rejects_empty_dir(tmp_path: Path):
