@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from rlhf_exp.config.data_files import resolve_data_files
 from rlhf_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,22 @@ class DatasetSpec:
     n_sft: int = _f(20000, ge=1)
     n_pairs: int = _f(10000, ge=1)
     min_gold_margin: float = _f(0.1, ge=0, lt=2)
-    # source=files: split name -> path of a .jsonl/.json/.csv/.parquet file
+    # Token budget of this data's texts: the methods' max_length / max_completion_length (and
+    # the tiny model's positions) default to these, so long dialogues get room by default.
+    max_length: int = _f(128, ge=8)
+    max_completion_length: int = _f(64, ge=1)
+    # Processes for tokenising (datasets' map num_proc); null: one. Pays off above ~50k rows.
+    num_proc: int | None = _f(None, ge=1)
+    # Default of the trainers' method.group_by_length: on for long-tailed lengths (dialogues).
+    group_by_length: bool = False
+    # source=files: split name -> a .jsonl/.json/.csv/.parquet file, a directory of them or
+    # a glob (data_files.py)
     data_files: dict[str, str] = _f({})
     # source=hub: `datasets.load_dataset(hub_name, hub_subset)` and split name -> hub split
     hub_name: str | None = None
     hub_subset: str | None = None
+    # a folder of the hub repo (load_dataset's data_dir), e.g. helpful-base of Anthropic/hh-rlhf
+    hub_data_dir: str | None = None
     hub_splits: dict[str, str] = _f({})
 
 
@@ -108,7 +120,11 @@ class TrainSpec:
     per_device_train_batch_size: int = _f(32, ge=1)
     per_device_eval_batch_size: int = _f(64, ge=1)
     gradient_accumulation_steps: int = _f(1, ge=1)
+    # Token budget (rlhf_exp/data/tokens.py): prompt + completion <= max_length; a completion
+    # keeps its first max(max_completion_length, max_length - prompt) tokens, the prompt its
+    # last ones (cut from the left). The YAML takes both from the dataset group.
     max_length: int = _f(128, ge=8)
+    max_completion_length: int = _f(64, ge=1)
     lr_scheduler_type: str = _f(
         "cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"]
     )
@@ -123,6 +139,14 @@ class TrainSpec:
     group_by_length: bool = False
     # torch.compile the model (transformers' `torch_compile`); pays compile time up front.
     torch_compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_completion_length >= self.max_length:
+            raise ConfigError(
+                "method.max_completion_length",
+                self.max_completion_length,
+                f"must be < method.max_length={self.max_length} (room for the prompt)",
+            )
 
 
 @dataclass
@@ -314,6 +338,12 @@ def _cross_checks(run: RunConfig) -> None:
             run.method.max_length,
             f"must be <= model.tiny.n_positions={tiny.n_positions}",
         )
+    if run.model.name_or_path is None and run.eval.max_new_tokens >= tiny.n_positions:
+        raise ConfigError(
+            "eval.max_new_tokens",
+            run.eval.max_new_tokens,
+            f"must be < model.tiny.n_positions={tiny.n_positions} (room for the prompt)",
+        )
     if run.method.name == "eval" and run.policy_path is None:
         raise ConfigError("policy_path", None, "method=eval needs policy_path=<a saved model dir>")
     if run.method.name != "eval":
@@ -362,9 +392,8 @@ def check_paths(run: RunConfig) -> None:
     if name is not None and not Path(name).expanduser().exists() and not is_hub_id(name):
         raise ConfigError("model.name_or_path", name, "a local model dir or a hub id like 'gpt2'")
 
-    for split, path in run.dataset.data_files.items():
-        if not Path(path).is_file():
-            raise ConfigError(f"dataset.data_files.{split}", path, "no such file")
+    for split, value in run.dataset.data_files.items():  # a file, a directory or a glob
+        resolve_data_files(f"dataset.data_files.{split}", value)
     for key in ("policy_path", "reference_path"):
         path = getattr(run, key)
         if path is not None and not (Path(path) / "config.json").is_file():

@@ -12,7 +12,10 @@ Accepted inputs, after renaming columns with `dataset.columns` (e.g. `{accepted:
   "chosen": " great.", "rejected": " dull."}`. TRL's convention is that completions carry
   their own leading space, so `prompt + chosen` is the full text.
 - implicit prompt: `chosen`/`rejected` full texts sharing a prefix; the prefix becomes the
-  prompt (TRL's `extract_prompt`).
+  prompt (TRL's `extract_prompt`). In dialogues (Anthropic/hh-rlhf's "\n\nHuman: ...
+  \n\nAssistant: ..." or the simple template's "<|assistant|>\n") the prompt ends right after
+  the last assistant-turn marker the two share, so replies that open alike ("I think" /
+  "I can't") still start with " I".
 - conversational: lists of `{role, content}` messages, either full conversations in
   `chosen`/`rejected` (trl-lib/ultrafeedback_binarized) or `prompt` + completion message lists;
   rendered with the tokenizer's chat template (TRL's `apply_chat_template`), after
@@ -30,11 +33,18 @@ String-only data never needs the tokenizer (pass `None`); conversational data do
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 from datasets import Dataset
-from trl.data_utils import apply_chat_template, is_conversational, maybe_extract_prompt
+from trl.data_utils import (
+    apply_chat_template,
+    extract_prompt,
+    is_conversational,
+    maybe_extract_prompt,
+)
 
 from rlhf_exp.errors import UserError
 
@@ -146,6 +156,27 @@ def _normalize(
 
 
 # --------------------------------------------------------------------------- preference
+# Where an assistant reply begins in a flattened dialogue: HH-RLHF's "\n\nAssistant:" (any
+# casing) and the assistant turn SIMPLE_CHAT_TEMPLATE opens.
+_ASSISTANT_TURN = re.compile(r"\n\nassistant:|<\|assistant\|>\n", re.IGNORECASE)
+
+
+def _split_implicit(chosen: str, rejected: str) -> dict[str, str]:
+    """Prompt and completions of two full texts: the prompt is their shared prefix, cut back
+    to just after the last assistant-turn marker in it when there is one.
+
+    The character-level common prefix alone ends inside the reply whenever both replies open
+    with the same words ("I think..." / "I can't..."); cutting at the turn boundary gives
+    every row the same kind of prompt, as generation will see it. Identical texts (ties,
+    dropped later) split there too, into equal completions.
+    """
+    turns = list(_ASSISTANT_TURN.finditer(os.path.commonprefix([chosen, rejected])))
+    if not turns:
+        return extract_prompt({"chosen": chosen, "rejected": rejected})
+    cut = turns[-1].end()
+    return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
+
+
 def _preference_row(example: dict[str, Any], index: int, tokenizer: Any, split: str) -> dict:
     _check_row(example, index, split)
     prompt, chosen, rejected = example.get("prompt"), example["chosen"], example["rejected"]
@@ -166,9 +197,14 @@ def _preference_row(example: dict[str, Any], index: int, tokenizer: Any, split: 
         example["prompt"] = prompt
     # Implicit prompts (and string prompts beside full conversations, as in
     # HuggingFaceH4/ultrafeedback_binarized) become the shared prefix of chosen and rejected.
-    extracted = maybe_extract_prompt(example)
+    if prompt is None and isinstance(chosen, str):
+        extracted = _split_implicit(chosen, rejected)
+    else:
+        extracted = maybe_extract_prompt(example)
     if extracted is not example:
-        ok = extracted["prompt"] and all(
+        # An exact tie may have no prefix left to share (a one-character text): it is kept
+        # for the tokenised stage to count and drop, rather than failing the whole load.
+        ok = (extracted["prompt"] or chosen == rejected) and all(
             extracted["prompt"] + extracted[k] == example[k] for k in ("chosen", "rejected")
         )
         if not ok:  # no shared prefix, or TRL's space handling cut it inconsistently

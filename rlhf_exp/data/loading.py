@@ -7,7 +7,8 @@ normalised (see `formats.py`), so methods never look at the source layout:
     pref_train, pref_test   prompt, chosen, rejected
     eval_prompts            prompt, reference
 
-Raw split names, the keys of `dataset.data_files` / `dataset.hub_splits`:
+Raw split names, the keys of `dataset.data_files` / `dataset.hub_splits` (a `data_files`
+value may be a file, a directory or a glob: `config/data_files.py`):
 
     sft, preference, eval_prompts    the three kinds of rows
     preference_test, sft_eval        explicit held-out splits (e.g. ultrafeedback's
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import gzip
 import hashlib
 import importlib
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ import datasets
 from datasets import Dataset
 
 from rlhf_exp.artifacts import ArtifactCache
+from rlhf_exp.config.data_files import file_format, is_glob, resolve_data_files
 from rlhf_exp.config.schema import DatasetSpec
 from rlhf_exp.data.formats import (
     normalize_eval_prompts,
@@ -53,8 +57,6 @@ from rlhf_exp.errors import UserError
 logger = logging.getLogger(__name__)
 
 RAW_SPLITS = ("sft", "sft_eval", "preference", "preference_test", "eval_prompts")
-# Extension -> `datasets` builder name.
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Spec fields that never reach the embedded generator; everything else keys its cache, so a
 # field the generator starts to read can only cause a rebuild, never stale rows.
 _NOT_GENERATION_FIELDS = {
@@ -63,8 +65,14 @@ _NOT_GENERATION_FIELDS = {
     "data_files",
     "hub_name",
     "hub_subset",
+    "hub_data_dir",
     "hub_splits",
     "test_fraction",
+    # how the methods cut and batch the rows, not which rows exist
+    "max_length",
+    "max_completion_length",
+    "num_proc",
+    "group_by_length",
 }
 
 
@@ -112,59 +120,106 @@ def _load_embedded(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
 
 
 # ------------------------------------------------------------------------------- files
-def _check_utf8(path: Path, key: str) -> None:
+def _check_utf8(path: Path, where: str) -> None:
     """Raise if a text file is not UTF-8 (the json reader would accept it and fail later)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with path.open("rb") as f:
+    opener = gzip.open if path.suffix.lower() == ".gz" else Path.open  # check what is read
+    with opener(path, "rb") as f:
         while chunk := f.read(1 << 20):
             try:
                 decoder.decode(chunk)
                 offset += len(chunk)
             except UnicodeDecodeError as err:
                 raise UserError(
-                    f"{key}={str(path)!r} is not UTF-8 (bad byte near offset "
-                    f"{offset + err.start}); re-save it as UTF-8"
+                    f"{where} is not UTF-8 (bad byte near offset {offset + err.start}); "
+                    "re-save it as UTF-8"
                 ) from None
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise UserError(
-                f"{key}={str(path)!r} is not UTF-8 (truncated character at the end)"
-            ) from None
+            raise UserError(f"{where} is not UTF-8 (truncated character at the end)") from None
 
 
-def _load_file(split: str, path_str: str, cache_dir: Path) -> Dataset:
+def _resolve(split: str, value: str) -> list[Path]:
     key = f"dataset.data_files.{split}"
-    path = Path(path_str).expanduser()  # relative to the launch directory; runs never chdir
-    fmt = FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(
-            f"{key}={path_str!r} has an unknown extension {path.suffix!r}; "
-            f"use one of {', '.join(FILE_FORMATS)}"
-        )
-    if not path.is_file():
-        raise UserError(f"{key}={path_str!r}: file not found")
-    if path.stat().st_size == 0:
-        raise UserError(f"{key}={path_str!r} is empty; dataset split {split!r} needs rows")
-    if fmt != "parquet":
-        _check_utf8(path, key)
+    # Checked here too because load_task also runs without check_paths (tests, notebooks).
+    if not is_glob(value) and not Path(value).expanduser().exists():
+        raise UserError(f"{key}={value!r}: file not found")
+    return resolve_data_files(key, value)
+
+
+def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
+    """One split from a file, a directory or a glob (see `config/data_files.py`)."""
+    key = f"dataset.data_files.{split}"
+    files = _resolve(split, value)
+    fmt = file_format(files[0])
+    for path in files:
+        # Name the file itself when the value names several.
+        where = f"{key}={value!r}" + ("" if len(files) == 1 else f" (file {str(path)!r})")
+        if path.stat().st_size == 0:
+            raise UserError(f"{where} is empty; dataset split {split!r} needs rows")
+        if fmt != "parquet":
+            _check_utf8(path, where)
+    where = f"{key}={value!r}"
     try:
         # The `datasets` cache for converted files lives in our cache, not in the home dir.
         ds = datasets.load_dataset(
-            fmt, data_files=str(path), split="train", cache_dir=str(cache_dir / "hf_datasets")
+            fmt,
+            data_files=[str(p) for p in files],
+            split="train",
+            cache_dir=str(cache_dir / "hf_datasets"),
         )
     except Exception as err:  # the readers raise many types; the user needs one line
         if any(isinstance(e, UnicodeDecodeError) for e in _chain(err)):
-            raise UserError(f"{key}={path_str!r} is not UTF-8; re-save it as UTF-8") from None
+            raise UserError(f"{where} is not UTF-8; re-save it as UTF-8") from None
         if "corresponds to no data" in str(err):  # e.g. a CSV with only a header
-            raise UserError(
-                f"{key}={path_str!r} has no rows; dataset split {split!r} needs rows"
-            ) from None
+            raise UserError(f"{where} has no rows; dataset split {split!r} needs rows") from None
         raise UserError(
-            f"{key}={path_str!r} could not be read as {fmt}: {_one_line(err, innermost=True)}"
+            f"{where} could not be read as {fmt}: {_one_line(err, innermost=True)}"
         ) from None
     return ds
+
+
+def _files_sha256(files: list[Path]) -> str:
+    """sha256 of the files' bytes in order, each preceded by its name and size.
+
+    Names are relative to the deepest directory holding them all (a lone file adds none), so
+    the same data at another location hashes the same, while a renamed shard (which changes
+    the row order) does not. The size ends each file's bytes unambiguously.
+    """
+    root = Path(os.path.commonpath([p.parent for p in files]))
+    digest = hashlib.sha256()
+    for path in files:
+        name = "" if len(files) == 1 else path.relative_to(root).as_posix()
+        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):  # 1 MiB at a time: data files can be large
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
+    """What the raw rows of `spec` depend on, beyond the spec's own fields, for cache keys.
+
+    source=files: {split: sha256 of the bytes of the split's files}, so editing a file in
+    place changes every key built on it; source=hub: the names that select the rows (nothing
+    downloaded to hash, and the hub repo may change underneath); source=embedded: {} (the
+    generator's rows are keyed by `embedded_cache_key`).
+    """
+    if spec.source == "files":
+        return {
+            split: _files_sha256(_resolve(split, value))
+            for split, value in sorted(spec.data_files.items())
+        }
+    if spec.source == "hub":
+        return {
+            "hub_name": spec.hub_name,
+            "hub_subset": spec.hub_subset,
+            "hub_data_dir": spec.hub_data_dir,
+            "hub_splits": dict(sorted(spec.hub_splits.items())),
+        }
+    return {}
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -188,19 +243,23 @@ def _one_line(err: BaseException, innermost: bool) -> str:
 
 # --------------------------------------------------------------------------------- hub
 def _load_hub(spec: DatasetSpec, split: str, hub_split: str) -> Dataset:
+    # data_dir picks a folder of the repo (Anthropic/hh-rlhf: helpful-base, harmless-base);
+    # passed only when set, so repos without one see the plain call.
+    extra = {"data_dir": spec.hub_data_dir} if spec.hub_data_dir else {}
     try:
         # The default `datasets` cache (HF_HOME), unlike local files: downloads already made
         # for other projects are reused, and HF_DATASETS_OFFLINE=1 can serve them offline.
-        return datasets.load_dataset(spec.hub_name, spec.hub_subset, split=hub_split)
+        return datasets.load_dataset(spec.hub_name, spec.hub_subset, split=hub_split, **extra)
     except Exception as err:  # offline, unknown name or split, auth: one line either way
+        data_dir = f", data_dir {spec.hub_data_dir!r}" if spec.hub_data_dir else ""
         raise UserError(
-            f"could not load dataset {spec.hub_name!r} (subset {spec.hub_subset!r}, split "
-            f"{hub_split!r}) from the hub: {_one_line(err, innermost=False)}; for a local copy set "
-            f"dataset.source=files and dataset.data_files.{split}=<path>"
+            f"could not load dataset {spec.hub_name!r} (subset {spec.hub_subset!r}{data_dir}, "
+            f"split {hub_split!r}) from the hub: {_one_line(err, innermost=False)}; for a local "
+            f"copy set dataset.source=files and dataset.data_files.{split}=<path>"
         ) from None
 
 
-def _load_raw(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
+def load_raw(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
     if spec.source == "embedded":
         return _load_embedded(spec, cache_dir)
     mapping, key = (
@@ -219,7 +278,7 @@ def _load_raw(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
         if held_out in mapping and base not in mapping:
             raise UserError(f"{key}.{held_out} is set but {key}.{base} is not; set both")
     if spec.source == "files":
-        return {split: _load_file(split, path, cache_dir) for split, path in mapping.items()}
+        return {split: _load_files(split, value, cache_dir) for split, value in mapping.items()}
     if spec.source == "hub":
         return {split: _load_hub(spec, split, name) for split, name in mapping.items()}
     raise UserError(f"dataset.source={spec.source!r} is invalid: choose embedded, files or hub")
@@ -277,7 +336,7 @@ def load_task(spec: DatasetSpec, tokenizer: Any, cache_dir: Path) -> TaskData:
     string-only data never touches it, so `None` works there. `cache_dir` is the artifact
     cache root: it holds the embedded task's rows and the `datasets` cache for local files.
     """
-    raw = _load_raw(spec, Path(cache_dir))
+    raw = load_raw(spec, Path(cache_dir))
     cols = spec.columns
 
     def norm(fn: Any, split: str) -> Dataset | None:
@@ -296,6 +355,9 @@ def load_task(spec: DatasetSpec, tokenizer: Any, cache_dir: Path) -> TaskData:
     if sft is not None and sft_eval is None:
         sft, sft_eval = _split_rows(sft, spec.test_fraction, spec.seed)
     elif sft is None and pref is not None:  # SFT on the preferred answers; test stays held out
+        logger.info(
+            "dataset %s has no sft rows: SFT trains on prompt + chosen of its pairs", spec.name
+        )
         sft, sft_eval = _as_sft(pref), _as_sft(pref_test)
 
     evals = norm(normalize_eval_prompts, "eval_prompts")

@@ -134,6 +134,82 @@ def test_implicit_rows_without_a_shared_prefix_are_an_error(bpe_tokenizer):
         normalize_preference(ds, bpe_tokenizer, {})
 
 
+def hh(*turns: str) -> str:
+    """An Anthropic/hh-rlhf text: alternating Human / Assistant turns, Human first."""
+    roles = ("Human", "Assistant")
+    return "".join(f"\n\n{roles[i % 2]}: {turn}" for i, turn in enumerate(turns))
+
+
+def test_implicit_dialogues_split_at_the_last_shared_assistant_turn(bpe_tokenizer):
+    dialogue = ("Hi there.", "Hello! How can I help?", "Name a film.")
+    chosen = hh(*dialogue, "I would suggest Jaws.")
+    rejected = hh(*dialogue, "I don't know any films.")  # same first word: "I"
+    out = normalize_preference(
+        Dataset.from_list([{"chosen": chosen, "rejected": rejected}]), bpe_tokenizer, {}
+    )
+    assert out[0] == {
+        "prompt": hh(*dialogue) + "\n\nAssistant:",
+        "chosen": " I would suggest Jaws.",
+        "rejected": " I don't know any films.",
+    }
+    # The same with lower-case roles and with the simple chat template's turns.
+    lower = {k: v.replace("Human:", "human:") for k, v in out[0].items()}
+    lower = {k: v.replace("Assistant:", "assistant:") for k, v in lower.items()}
+    row = {
+        "chosen": lower["prompt"] + lower["chosen"],
+        "rejected": lower["prompt"] + lower["rejected"],
+    }
+    assert normalize_preference(Dataset.from_list([row]), bpe_tokenizer, {})[0] == lower
+    prompt = f"<|user|>\nName a film.{EOS}\n<|assistant|>\n"
+    row = {"chosen": prompt + f"I like Jaws.{EOS}", "rejected": prompt + f"I hate films.{EOS}"}
+    assert normalize_preference(Dataset.from_list([row]), bpe_tokenizer, {})[0] == {
+        "prompt": prompt,
+        "chosen": f"I like Jaws.{EOS}",
+        "rejected": f"I hate films.{EOS}",
+    }
+
+
+def test_implicit_rows_without_turn_markers_keep_the_common_prefix_rule(bpe_tokenizer):
+    from trl.data_utils import extract_prompt
+
+    rows = [
+        {"chosen": "The film was great.", "rejected": "The film was dull."},
+        {"chosen": "I liked it a lot.", "rejected": "I hated it."},  # the prompt is "I"
+        {"chosen": "Human: hi Assistant: yes", "rejected": "Human: hi Assistant: no"},
+    ]
+    out = normalize_preference(Dataset.from_list(rows), bpe_tokenizer, {}).to_list()
+    assert out == [extract_prompt(r) for r in rows]
+    assert out[1] == {"prompt": "I", "chosen": " liked it a lot.", "rejected": " hated it."}
+
+
+def test_identical_texts_are_kept_as_ties(bpe_tokenizer):
+    dialogue = hh("Name a film.", "Jaws.")
+    rows = [
+        {"chosen": dialogue, "rejected": dialogue},
+        {"chosen": "Same text.", "rejected": "Same text."},
+        {"chosen": "x", "rejected": "x"},  # nothing left to share once a completion exists
+    ]
+    out = normalize_preference(Dataset.from_list(rows), bpe_tokenizer, {}).to_list()
+    prompt = hh("Name a film.") + "\n\nAssistant:"
+    assert out[0] == {"prompt": prompt, "chosen": " Jaws.", "rejected": " Jaws."}
+    for row, original in zip(out, rows, strict=True):  # lossless, equal completions
+        assert row["prompt"] + row["chosen"] == original["chosen"]
+        assert row["chosen"] == row["rejected"]
+
+
+def test_synthetic_hh_rows_all_get_turn_boundary_prompts(bpe_tokenizer):
+    from rlhf_exp.data.synthetic_dialogues import hh_like_rows
+
+    rows = hh_like_rows(200, seed=0)
+    out = normalize_preference(Dataset.from_list(rows), bpe_tokenizer, {}).to_list()
+    for row, original in zip(out, rows, strict=True):
+        assert row["prompt"].endswith("\n\nAssistant:")
+        assert row["prompt"] + row["rejected"] == original["rejected"]
+        assert row["chosen"].startswith(" ") and "\n\nAssistant:" not in row["chosen"]
+    # Where both replies open with "I", the character prefix alone would end inside them.
+    assert sum(r["chosen"].startswith(" I ") and r["rejected"].startswith(" I ") for r in out) > 20
+
+
 # ------------------------------------------------------------------------------------- sft
 def test_sft_layouts_normalise_to_identical_rows(bpe_tokenizer, toy, toy_rows):
     expected = [{"prompt": p, "completion": c} for p, c, _ in toy]
