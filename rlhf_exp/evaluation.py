@@ -8,12 +8,15 @@ reference (SFT) policy: gold and RM reward, KL, BLEU, win rates, diversity, samp
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rlhf_exp.generation import generate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -204,7 +207,9 @@ def samples_table(
 ) -> str:
     """Markdown: prompt, reference completion, SFT and policy completions, gold scores."""
 
-    def cell(text: str) -> str:
+    def cell(text: str, keep: int = 0) -> str:
+        if keep and len(text) > keep:  # a long dialogue: its end is what the reply answers
+            text = "…" + text[-keep:]
         return text.replace("|", "\\|").replace("\n", " ").strip()
 
     lines = [
@@ -214,7 +219,7 @@ def samples_table(
     for i in range(min(rows, len(prompts))):
         gold = (f"{reference.gold[i]:.2f}", f"{policy.gold[i]:.2f}") if policy.gold else ("", "")
         lines.append(
-            f"| {cell(prompts[i])} | {cell(references[i])} | "
+            f"| {cell(prompts[i], keep=300)} | {cell(references[i])} | "
             f"{cell(reference.samples.completions[i])} | "
             f"{cell(policy.samples.completions[i])} | {gold[0]} | {gold[1]} |"
         )
@@ -310,24 +315,6 @@ def _adapters_off(policy: Any) -> Any:
     return context()
 
 
-def reward_model_scorer(ctx: Any) -> Callable[[list[str], list[str]], list[float]]:
-    """The learned reward model of this run's model+dataset (from the cache) as a scorer."""
-    from rlhf_exp.models import load_reward_model, load_tokenizer
-    from rlhf_exp.rewards.model_scorer import RewardModelScorer
-    from rlhf_exp.runner import upstream_run
-
-    run = ctx.run
-    rm_dir = str(ctx.upstream("reward"))
-    rm = load_reward_model(rm_dir, run.model, load_tokenizer(rm_dir, run.model))
-    rm_spec = upstream_run(run, "reward").method
-    return RewardModelScorer(
-        rm.eval().requires_grad_(False),
-        load_tokenizer(rm_dir, run.model),
-        rm_spec.max_length,
-        run.eval.batch_size,
-    )
-
-
 def final_evaluation(
     ctx: Any,
     policy: Any,
@@ -350,7 +337,13 @@ def final_evaluation(
         return {}
     run = ctx.run
     if rm_scorer is None and run.eval.reward_model:
-        rm_scorer = reward_model_scorer(ctx)
+        rm_scorer = ctx.reward_scorer()
+    if task.gold_reward is None:
+        log.info(
+            "dataset %r has no gold reward: the evaluation reports the learned reward model's "
+            "score (eval/rm_reward, win_rate_rm), KL, length and diversity",
+            run.dataset.name,
+        )
     metrics, table = evaluate_alignment(
         policy,
         tokenizer,

@@ -3,7 +3,10 @@
     rollout = generate(model, tokenizer, ["I watched Heat and"], max_new_tokens=24)
     rollout.texts            # decoded responses, EOS and padding stripped
 
-Prompts are left-padded so every row's response starts at the same column. A response is
+Prompts keep their last `max_prompt_length` tokens (at most the model's positions minus
+`max_new_tokens`: the end of a long dialogue is what the reply answers, and a longer prompt
+would run past the position embeddings), and are left-padded so every row's response starts
+at the same column. A response is
 every token up to and including its first EOS; later positions hold PAD and are masked out.
 PAD is never sampled (its logit is suppressed) and is distinct from EOS, so masks built from
 `response_mask` never confuse the two. Sampling is pure temperature sampling (no top-k/top-p
@@ -21,6 +24,9 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig
+
+from rlhf_exp.data.tokens import fit_prompts
+from rlhf_exp.errors import UserError
 
 
 @dataclass
@@ -95,19 +101,25 @@ def generate(
         return_dict_in_generate=return_logprobs,
         output_scores=return_logprobs,
     )
+    room = max_positions(model) - max_new_tokens
+    if room < 1:
+        raise UserError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+            f"{max_positions(model)} positions; ask for fewer new tokens"
+        )
+    if max_prompt_length is None or max_prompt_length > room:
+        max_prompt_length = room  # a longer prompt would run past the position embeddings
+    prompt_ids = fit_prompts(tokenizer, prompts, max_prompt_length)
     was_training = model.training
     model.eval()
     chunks = []
     try:
         for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(
-                list(prompts[start : start + batch_size]),
-                return_tensors="pt",
+            enc = tokenizer.pad(
+                {"input_ids": prompt_ids[start : start + batch_size]},
                 padding=True,
                 padding_side="left",
-                truncation=max_prompt_length is not None,
-                max_length=max_prompt_length,
-                add_special_tokens=False,
+                return_tensors="pt",
             ).to(device)
             out = model.generate(**enc, generation_config=config)
             sequences = out.sequences if return_logprobs else out
@@ -131,6 +143,16 @@ def generate(
             values = torch.cat([_pad_to(c[3][i], width_r, 0, left=False) for c in chunks])
             setattr(rollout, name, values.masked_fill(~keep, 0.0))
     return rollout
+
+
+def max_positions(model: Any) -> int:
+    """How many tokens the model can attend over (prompt + generated), from its config."""
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 10**9  # e.g. rotary-only configs without a stated limit
 
 
 def _token_stats(

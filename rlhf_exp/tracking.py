@@ -103,8 +103,17 @@ def _fmt(value: Any) -> str:
 
 
 def summary_table(title: str, metrics: dict[str, Any]) -> str:
-    """A plain-text two-column table of `metrics`, for the end of a run."""
-    rows = [(k, _fmt(v)) for k, v in metrics.items() if not isinstance(v, (dict, list))]
+    """A plain-text two-column table of `metrics`, for the end of a run.
+
+    The data report (`data/*`) is left out: it was logged split by split when the data was
+    prepared, and stays in metrics.json; the rows trained and scored on show as
+    `train/pairs`, `train/rows` and `eval/pairs`.
+    """
+    rows = [
+        (k, _fmt(v))
+        for k, v in metrics.items()
+        if not isinstance(v, (dict, list)) and not k.startswith("data/")
+    ]
     width = max([len(k) for k, _ in rows] + [len(title)])
     value_width = max([len(v) for _, v in rows] + [5])
     rule = "-" * (width + value_width + 3)

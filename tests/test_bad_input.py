@@ -50,6 +50,16 @@ CASES = [
         "method.max_length=4096 is invalid: must be <= model.tiny.n_positions=128",
     ),
     (
+        ["eval.max_new_tokens=100000"],
+        "eval.max_new_tokens=100000 is invalid: must be < model.tiny.n_positions=128 (room for "
+        "the prompt)",
+    ),
+    (
+        ["method.max_completion_length=128"],
+        "method.max_completion_length=128 is invalid: must be < method.max_length=128 (room "
+        "for the prompt)",
+    ),
+    (
         ["model.name_or_path=/nonexistent/model"],
         "model.name_or_path='/nonexistent/model' is invalid: a local model dir or a hub id "
         "like 'gpt2'",

@@ -60,3 +60,15 @@ def test_generate_rejects_pad_equal_to_eos(tiny_lm):
     tok2.pad_token = tok2.eos_token
     with pytest.raises(ValueError, match="PAD token distinct from EOS"):
         generate(model, tok2, ["x"], max_new_tokens=2)
+
+
+def test_prompts_longer_than_the_positions_keep_their_end(tiny_lm):
+    model, tok = tiny_lm
+    positions = model.config.n_positions
+    long = "the film number 1 was fine and then it ended. " * 60  # far over the positions
+    ending = " the film number 7 was"
+    r = generate(model, tok, [long + ending, "it"], max_new_tokens=8, greedy=True)
+    width = r.prompt_ids.shape[1]
+    assert width == positions - 8  # cut to what fits beside the new tokens
+    kept = tok.decode(r.prompt_ids[0][r.prompt_mask[0].bool()])
+    assert kept.endswith(ending)  # the left was cut, not the end

@@ -2,9 +2,9 @@
 
     python run.py --cfg job method=dpo method.loss_type=ipo   # the composed, validated config
 
-Field names follow TRL's `DPOConfig`. TRL 1.16 has no `max_prompt_length`: a pair is truncated
-to `max_length` keeping its start (prompt first), and pairs whose prompt alone fills
-`max_length` are dropped, so `max_length` is the only length knob.
+Field names follow TRL's `DPOConfig`. Pairs reach TRL already tokenised and cut by the
+project's one rule (`max_length`, `max_completion_length`; rlhf_exp/data/tokens.py): the
+prompt loses its start, each reply keeps its own budget, so nothing is dropped for length.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class DPOSpec(TrainSpec):
     precompute_ref_batch_size: int | None = _f(None, ge=1)  # null: the train/eval batch size
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss_type == "exo_pair" and self.label_smoothing == 0:
             raise ConfigError(
                 "method.label_smoothing", 0.0, "loss_type=exo_pair needs > 0 (EXO suggests 1e-3)"

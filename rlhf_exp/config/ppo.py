@@ -7,8 +7,9 @@ Fields inherited from `TrainSpec` keep their meaning, with PPO's reading of them
   per_device_train_batch_size  micro-batch of one forward/backward in the update
   gradient_accumulation_steps  micro-batches per optimiser step (minibatch = their product)
   per_device_eval_batch_size   batch of reward-model scoring and evaluation sampling
-  max_length                   prompt + response tokens; prompts are cut to max_length -
-                               response_length
+  max_length                   prompt + response tokens; prompts keep their last
+                               max_length - response_length tokens (cut from the left)
+  max_completion_length        unused: response_length caps what PPO samples
   lr_scheduler_type, warmup_ratio   over all optimiser steps of the run
   logging_steps                progress-bar/log-line interval (TensorBoard gets every step)
   eval_steps, max_eval_samples held-out gold/RM reward every eval_steps on that many prompts
@@ -70,6 +71,7 @@ class PPOSpec(TrainSpec):
     save_total_limit: int = _f(2, ge=1)
 
     def __post_init__(self) -> None:
+        # No TrainSpec check of max_completion_length: response_length is PPO's completion cap.
         minibatch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.rollout_batch_size % minibatch:
             raise ConfigError(

@@ -21,6 +21,7 @@ from trl import DPOConfig, DPOTrainer
 
 from rlhf_exp.config.dpo import DPOSpec
 from rlhf_exp.config.schema import RunConfig
+from rlhf_exp.data.tokens import require_rows
 from rlhf_exp.distributed import world_size
 from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.evaluation import final_evaluation
@@ -52,10 +53,24 @@ def dpo_config(spec: DPOSpec, ctx: RunContext) -> DPOConfig:
     )
 
 
+class TokenizedDPOTrainer(DPOTrainer):
+    """`DPOTrainer` that takes pairs already tokenised and cut by the project's token budget.
+
+    TRL's own preparation re-tokenises text and, with `keep_start`, cuts the joined pair
+    from the right, which on long dialogues removes the replies; rows that carry
+    prompt_ids/chosen_ids/rejected_ids (its collator's input) are used as they are.
+    """
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, name)
+
+
 def build_trainer(
-    cfg: RunConfig, ctx: RunContext, init: str, model: Any, tokenizer: Any, task: Any
+    cfg: RunConfig, ctx: RunContext, init: str, model: Any, tokenizer: Any, train: Any, test: Any
 ) -> DPOTrainer:
-    """A `DPOTrainer` for `model` (the policy loaded from `init`) on the task's pairs.
+    """A `DPOTrainer` for `model` (the policy loaded from `init`) on tokenised pairs.
 
     Reference: with LoRA, none is built (TRL disables the adapters for the reference pass);
     without LoRA and without precomputation, a frozen copy loaded from `init`; with
@@ -69,12 +84,12 @@ def build_trainer(
         # vocab and pad id as the policy.
         ref_model = load_causal_lm(init, cfg.model, tokenizer=tokenizer).eval()
         ref_model.requires_grad_(False)
-    return DPOTrainer(
+    return TokenizedDPOTrainer(
         model=model,
         ref_model=ref_model,
         args=dpo_config(spec, ctx),
-        train_dataset=task.pref_train,
-        eval_dataset=eval_subset(task.pref_test, spec),
+        train_dataset=train,
+        eval_dataset=eval_subset(test, spec),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=ctx.tracker.trainer_callbacks(),
@@ -129,19 +144,25 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         raise UserError(f"dataset {cfg.dataset.name!r} has no held-out preference rows")
 
     started = time.perf_counter()
-    trainer = build_trainer(cfg, ctx, init, model, tokenizer, task)
+    train = ctx.tokenize(task.pref_train, "preference", tokenizer, "pref_train")
+    test = ctx.tokenize(task.pref_test, "preference", tokenizer, "pref_test")
+    knobs = "method.max_length / method.max_completion_length"
+    require_rows(train, "pref_train", knobs)
+    require_rows(test, "pref_test", knobs)
+    trainer = build_trainer(cfg, ctx, init, model, tokenizer, train.dataset, test.dataset)
     setup_s = time.perf_counter() - started  # tokenising, and scoring pairs with the reference
     trainable, total = count_parameters(trainer.model)
     log.info("dpo: %d of %d parameters trainable", trainable, total)
     result = run_training(trainer, ctx)
+    save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
     pair_metrics = final_pair_metrics(trainer)
     eval_metrics = final_evaluation(
         ctx, trainer.model, tokenizer, task, reference=_reference_policy(trainer, cfg, init)
     )
-    save_merged(trainer.model, tokenizer, ctx.model_dir)
 
     metrics = {
         "train/loss": result.training_loss,
+        "train/pairs": len(train.dataset),
         "eval/loss": pair_metrics["eval_loss"],
         "eval/rewards_accuracies": pair_metrics["eval_rewards/accuracies"],
         "eval/rewards_margins": pair_metrics["eval_rewards/margins"],

@@ -4,8 +4,11 @@
     python run.py method=reward lora=default   # LoRA adapters + a trainable scalar head
 
 Initialised from the SFT policy of the same model and data (`upstream.sft`), with a new
-scalar head. Reports pairwise accuracy on held-out pairs: the fraction where the reward of
-`chosen` exceeds that of `rejected`.
+scalar head. Pairs are cut by the token budget (rlhf_exp/data/tokens.py: the dialogue loses
+its start, never the replies) and pairs left identical are dropped and counted. Reports
+pairwise accuracy on held-out pairs (chosen scored above rejected; a tie counts one half)
+beside a bag-of-words logistic regression on the same split
+(`eval/accuracy_lexical_baseline`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any
 from trl import RewardConfig, RewardTrainer
 
 from rlhf_exp.config.schema import RewardSpec, RunConfig
+from rlhf_exp.data.tokens import TokenBudget, joined, require_rows
 from rlhf_exp.errors import UserError
+from rlhf_exp.lexical_baseline import lexical_baseline
 from rlhf_exp.methods import register
 from rlhf_exp.models import (
     count_parameters,
@@ -41,17 +46,22 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     task = ctx.task(tokenizer)
     if task.pref_train is None or len(task.pref_train) == 0:
         raise UserError(f"dataset {cfg.dataset.name!r} has no preference rows to train on")
+    train = ctx.tokenize(task.pref_train, "preference", tokenizer, "pref_train")
+    test = ctx.tokenize(task.pref_test, "preference", tokenizer, "pref_test")
+    knobs = "method.max_length / method.max_completion_length"
+    require_rows(train, "pref_train", knobs)
+    require_rows(test, "pref_test", knobs)
 
     args = RewardConfig(
         **trainer_args(spec, ctx),
-        max_length=spec.max_length,
+        max_length=spec.max_length,  # rows already fit it: TRL's length filter drops nothing
         center_rewards_coefficient=spec.center_rewards_coefficient,
     )
     trainer = RewardTrainer(
         model=model,
         args=args,
-        train_dataset=task.pref_train,
-        eval_dataset=eval_subset(task.pref_test, spec),
+        train_dataset=joined(train.dataset),
+        eval_dataset=eval_subset(joined(test.dataset), spec),
         processing_class=tokenizer,
         peft_config=lora_config(cfg.model, cfg.lora, "SEQ_CLS", model=model),
         callbacks=ctx.tracker.trainer_callbacks(),
@@ -60,18 +70,30 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     log.info("reward: %d of %d parameters trainable", trainable, total)
     # TRL's eval accuracy averages per-batch means; score every held-out pair instead.
     scorer = RewardModelScorer(
-        trainer.model, tokenizer, spec.max_length, spec.per_device_eval_batch_size
+        trainer.model,
+        tokenizer,
+        TokenBudget(spec.max_length, spec.max_completion_length),
+        spec.per_device_eval_batch_size,
     )
-    before = pairwise_accuracy(scorer, task.pref_test)
+    before = pairwise_accuracy(scorer, test.dataset)
+    # Beside the RM: does it learn more than word counts on the same pairs?
+    lexical = lexical_baseline(task.pref_train.select(train.kept), task.pref_test.select(test.kept))
+    log.info(
+        "reward: lexical baseline (bag-of-words logistic regression) held-out accuracy %.3f",
+        lexical["accuracy"],
+    )
     result = run_training(trainer, ctx)
-    after = pairwise_accuracy(scorer, task.pref_test)
+    save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
+    after = pairwise_accuracy(scorer, test.dataset)
     loss = trainer.evaluate()["eval_loss"]
-    save_merged(trainer.model, tokenizer, ctx.model_dir)
     return {
         "train/loss": result.training_loss,
+        "train/pairs": len(train.dataset),
         "eval/accuracy_initial": before["accuracy"],
         "eval/accuracy": after["accuracy"],
+        "eval/accuracy_lexical_baseline": lexical["accuracy"],
         "eval/margin": after["margin"],
+        "eval/score_ties": after["ties"],
         "eval/loss": loss,
         "eval/pairs": after["pairs"],
         "train/global_step": trainer.state.global_step,

@@ -4,7 +4,9 @@
     python run.py method=sft lora=default    # LoRA adapters, merged into the saved policy
 
 The loss covers completion tokens only (prompt tokens are masked), and the saved policy is
-a plain model dir (LoRA merged) that later stages load with `from_pretrained`.
+a plain model dir (LoRA merged) that later stages load with `from_pretrained`. Rows are cut
+by the token budget (rlhf_exp/data/tokens.py): a long prompt loses its start, never the
+completion. With preference data only, SFT trains on prompt + chosen.
 """
 
 from __future__ import annotations
@@ -39,18 +41,25 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     task = ctx.task(tokenizer)
     if task.sft_train is None or len(task.sft_train) == 0:
         raise UserError(f"dataset {cfg.dataset.name!r} has no sft rows to fine-tune on")
+    if task.sft_eval is None or len(task.sft_eval) == 0:
+        raise UserError(
+            f"dataset {cfg.dataset.name!r} has no held-out sft rows (give an sft_eval split, "
+            "or more than one sft row)"
+        )
+    train = ctx.tokenize(task.sft_train, "sft", tokenizer, "sft_train").dataset
+    held_out = ctx.tokenize(task.sft_eval, "sft", tokenizer, "sft_eval").dataset
 
     args = SFTConfig(
         **trainer_args(spec, ctx),
-        max_length=spec.max_length,
+        max_length=spec.max_length,  # rows already fit it (input_ids + completion_mask)
         completion_only_loss=spec.completion_only_loss,
         packing=False,
     )
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=task.sft_train,
-        eval_dataset=eval_subset(task.sft_eval, spec),
+        train_dataset=train,
+        eval_dataset=eval_subset(held_out, spec),
         processing_class=tokenizer,
         peft_config=lora_config(cfg.model, cfg.lora, "CAUSAL_LM", model=model),
         callbacks=ctx.tracker.trainer_callbacks(),
@@ -59,10 +68,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     log.info("sft: %d of %d parameters trainable", trainable, total)
     loss_before = trainer.evaluate()["eval_loss"]
     result = run_training(trainer, ctx)
+    save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
     loss_after = trainer.evaluate()["eval_loss"]
-    save_merged(trainer.model, tokenizer, ctx.model_dir)
     return {
         "train/loss": result.training_loss,
+        "train/rows": len(train),
         "eval/loss_initial": loss_before,
         "eval/loss": loss_after,
         "train/global_step": trainer.state.global_step,

@@ -11,6 +11,7 @@ print(count_parameters(load_causal_lm('/tmp/tiny', ModelSpec())))"
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -284,13 +285,14 @@ def apply_lora(
 def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
     """Save a plain checkpoint (safetensors) + tokenizer that `from_pretrained` reloads.
 
-    LoRA adapters are merged into the base weights first. The merge happens in place, so the
-    `model` passed in must not be trained further afterwards. Only rank 0 writes.
+    LoRA adapters are merged into a copy of the model, so `model` keeps its adapters (a run
+    saves before its final evaluation, which may still switch them off for the reference).
+    Only rank 0 writes.
     """
     if not is_main_process():
         return
     if isinstance(model, peft.PeftModel):
-        model = model.merge_and_unload()
+        model = copy.deepcopy(model).merge_and_unload()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # transformers 5 always writes safetensors

@@ -1,8 +1,9 @@
 """A trained reward model behind the reward-function interface: `scorer(prompts, completions)`.
 
-Texts are scored the way TRL's `RewardTrainer` trained on them: prompt + completion with the
-eos token appended, right-padded, truncated to `max_length`; the score is the head's output at
-the last real token.
+Texts are cut exactly as the reward model was trained on them (`rlhf_exp.data.tokens`: prompt
+and completion tokenised apart, the completion ending in EOS when kept whole, the prompt cut
+from the left to fit the budget); the score is the head's output at the last real token.
+Held-out pairs that are already tokenised are scored with `score_ids`.
 """
 
 from __future__ import annotations
@@ -12,58 +13,72 @@ from typing import Any
 
 import torch
 
+from rlhf_exp.data.tokens import TokenBudget, encode, with_eos
+
 
 class RewardModelScorer:
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, batch_size: int = 64) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, budget: TokenBudget, batch_size: int = 64
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
+        self.budget, self.batch_size = budget, batch_size
 
-    def _text(self, prompt: str, completion: str) -> str:
-        eos = self.tokenizer.eos_token
-        text = prompt + completion
-        return text if text.endswith(eos) else text + eos
+    def sequence(self, prompt: list[int], completion: list[int]) -> list[int]:
+        """The token ids the model scores for one (prompt, completion), cut to the budget."""
+        kept_prompt, (kept,) = self.budget.cut(prompt, [with_eos(completion, self.eos)])
+        return kept_prompt + kept
+
+    @property
+    def eos(self) -> int:
+        return self.tokenizer.eos_token_id
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    def score_ids(self, sequences: Sequence[list[int]]) -> list[float]:
+        """Score of each token-id sequence; batches hold sequences of similar length."""
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
-        scores: list[float] = []
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        scores = [0.0] * len(sequences)
         try:
-            for start in range(0, len(prompts), self.batch_size):
-                texts = [
-                    self._text(p, c)
-                    for p, c in zip(
-                        prompts[start : start + self.batch_size],
-                        completions[start : start + self.batch_size],
-                        strict=True,
-                    )
-                ]
-                batch = self.tokenizer(
-                    texts,
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad(
+                    {"input_ids": [list(sequences[i]) for i in idx]},
                     padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
                     padding_side="right",
+                    return_tensors="pt",
                 ).to(device)
                 logits = self.model(**batch).logits  # (B, 1)
-                scores.extend(logits[:, 0].float().tolist())
+                for i, value in zip(idx, logits[:, 0].float().tolist(), strict=True):
+                    scores[i] = value
         finally:
             self.model.train(was_training)
         return scores
 
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        pairs = zip(
+            encode(self.tokenizer, prompts), encode(self.tokenizer, completions), strict=True
+        )
+        return self.score_ids([self.sequence(p, c) for p, c in pairs])
+
 
 def pairwise_accuracy(scorer: RewardModelScorer, rows: Any) -> dict[str, float]:
-    """Fraction of pairs where the reward of `chosen` exceeds that of `rejected`, and the
-    mean margin, over every row of `rows` (prompt/chosen/rejected)."""
-    prompts = list(rows["prompt"])
-    chosen = torch.tensor(scorer(prompts, list(rows["chosen"])))
-    rejected = torch.tensor(scorer(prompts, list(rows["rejected"])))
+    """Over tokenised pairs (prompt_ids/chosen_ids/rejected_ids, already cut): the fraction
+    where chosen scores above rejected, a tie counting one half (an equal score is no
+    preference, not a wrong one), the mean margin, and how many pairs tied."""
+    prompts = list(rows["prompt_ids"])
+    chosen, rejected = (
+        torch.tensor(scorer.score_ids([p + c for p, c in zip(prompts, rows[side], strict=True)]))
+        for side in ("chosen_ids", "rejected_ids")
+    )
     return {
-        "accuracy": (chosen > rejected).float().mean().item(),
+        "accuracy": ((chosen > rejected).float() + 0.5 * (chosen == rejected).float())
+        .mean()
+        .item(),
         "margin": (chosen - rejected).mean().item(),
+        "ties": int((chosen == rejected).sum().item()),
         "pairs": len(prompts),
     }

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import peft
 import pytest
@@ -45,8 +44,8 @@ def make_trainer(compose_cfg, tmp_path: Path, model, tok, *overrides: str, init:
     )
     ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), Tracker(tmp_path))
     ctx.tracker.close()
-    task = SimpleNamespace(pref_train=Dataset.from_list(PAIRS), pref_test=Dataset.from_list(PAIRS))
-    return build_trainer(run, ctx, init, model, tok, task)
+    pairs = ctx.tokenize(Dataset.from_list(PAIRS), "preference", tok, "pairs").dataset
+    return build_trainer(run, ctx, init, model, tok, pairs, pairs)
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

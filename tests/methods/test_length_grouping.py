@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 from datasets import Dataset
 
@@ -40,9 +39,9 @@ def dpo_trainer(compose_cfg, tmp_path: Path, tiny_lm, *overrides: str):
     )
     ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), Tracker(tmp_path))
     ctx.tracker.close()
-    task = SimpleNamespace(pref_train=Dataset.from_list(PAIRS), pref_test=Dataset.from_list(PAIRS))
     model, tok = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
-    return build_trainer(run, ctx, "-", model, tok, task), ctx
+    pairs = ctx.tokenize(Dataset.from_list(PAIRS), "preference", tok, "pairs").dataset
+    return build_trainer(run, ctx, "-", model, tok, pairs, pairs), ctx
 
 
 def padded_fraction(trainer) -> float:

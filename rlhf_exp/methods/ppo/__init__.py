@@ -66,7 +66,6 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         save_merged,
     )
     from rlhf_exp.rewards import get_reward
-    from rlhf_exp.rewards.model_scorer import RewardModelScorer
 
     spec: PPOSpec = cfg.method  # type: ignore[assignment]
     reward_fn_name = _reward_name(spec, cfg)  # config errors before anything loads
@@ -104,11 +103,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         if not critic_from_rm:  # a fresh head: V = 0 until the critic learns
             torch.nn.init.zeros_(score_head(critic).weight)
     if reward_fn_name is None:
-        rm = load_reward_model(rm_dir, cfg.model, tokenizer).eval().requires_grad_(False)
-        rm.to(accelerator.device)
-        score_fn = RewardModelScorer(
-            rm, load_tokenizer(rm_dir, cfg.model), spec.max_length, spec.per_device_eval_batch_size
-        )
+        score_fn = ctx.reward_scorer(accelerator.device)
     else:
         score_fn = get_reward(reward_fn_name)
     model = PolicyAndValue(policy, critic, hidden_size(policy)).eval()  # dropout off for good
@@ -177,6 +172,8 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     final: dict[str, Any] = {}
     if main:
         policy = trainer.unwrapped.policy
+        # Saved first: a failing evaluation never loses the trained policy.
+        save_merged(policy, tokenizer, ctx.model_dir)
         final = final_evaluation(
             ctx,
             policy,
@@ -185,7 +182,6 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
             reference=None if cfg.lora.enabled else reference.frozen,
             rm_scorer=score_fn if reward_fn_name is None else None,
         )
-        save_merged(policy, tokenizer, ctx.model_dir)  # merges LoRA in place: done last
     final = broadcast_object_list([final])[0]  # every process returns the same metrics
     accelerator.wait_for_everyone()
     return {

@@ -1,0 +1,106 @@
+"""Every stage on real-shaped preference data: long HH-style dialogues whose replies differ only
+at the end, a user's file, no gold reward. The embedded task is one user among many."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_exp.data.synthetic_dialogues import hh_like_rows, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+# Short enough to train in seconds, long enough that most dialogues must be cut.
+BUDGET = ("dataset.max_length=192", "dataset.max_completion_length=64")
+N_IDENTICAL = 4  # rows whose chosen == rejected
+N_SAME_IN_BUDGET = 3  # rows whose replies differ only past the completion budget
+
+
+def dialogue_file(path: Path, n: int = 400, seed: int = 0) -> Path:
+    rows = hh_like_rows(n, seed=seed)
+    for row in rows[:N_IDENTICAL]:
+        row["rejected"] = row["chosen"]
+    shared = " I can help with that." + " It depends on the details of your situation." * 40
+    for row in rows[N_IDENTICAL : N_IDENTICAL + N_SAME_IN_BUDGET]:
+        head = row["chosen"][: row["chosen"].rindex("\n\nAssistant:")] + "\n\nAssistant:"
+        row["chosen"], row["rejected"] = head + shared + " Yes.", head + shared + " No."
+    return write_jsonl(rows, path)
+
+
+def files_overrides(data: Path) -> list[str]:
+    return ["dataset=files", f"+dataset.data_files.preference={data}", *BUDGET]
+
+
+def test_reward_model_on_long_dialogues(run_method, tmp_path):
+    metrics, run_dir, _, _ = run_method(
+        "method=reward", *files_overrides(dialogue_file(tmp_path / "hh.jsonl"))
+    )
+    test_rows = metrics["data/pref_test/rows"]
+    dropped = metrics["data/pref_train/dropped_ties"] + metrics["data/pref_test/dropped_ties"]
+    assert dropped == N_IDENTICAL + N_SAME_IN_BUDGET  # counted, never trained on or scored
+    assert metrics["eval/pairs"] == test_rows - metrics["data/pref_test/dropped_ties"]
+    assert (
+        metrics["train/pairs"]
+        == metrics["data/pref_train/rows"] - metrics["data/pref_train/dropped_ties"]
+    )
+    assert metrics["data/pref_train/prompt_truncated_fraction"] > 0.1  # the dialogues were cut...
+    assert metrics["data/pref_train/prompt_tokens_max"] > 192
+    assert metrics["eval/score_ties"] == 0  # ...but never into ties
+    # the reward model learned the preference, and the lexical baseline sits beside it
+    assert metrics["eval/accuracy"] > max(0.6, metrics["eval/accuracy_initial"] + 0.1)
+    assert 0.5 < metrics["eval/accuracy_lexical_baseline"] <= 1.0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["data/pref_train/dropped_ties"] == metrics["data/pref_train/dropped_ties"]
+
+
+def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp_path):
+    data = dialogue_file(tmp_path / "hh.jsonl")
+    metrics, run_dir, _, _ = run_method("method=dpo", "eval.num_prompts=16", *files_overrides(data))
+    assert "eval/gold_reward" not in metrics
+    for key in ("eval/rm_reward", "eval/win_rate_rm", "eval/kl", "eval/length_mean"):
+        assert key in metrics, key
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    samples = (run_dir / "samples.md").read_text()
+    assert "Assistant:" in samples  # evaluation prompts are held-out dialogue prompts
+
+
+def test_changed_rows_rebuild_sft_and_reward_model(run_method, tmp_path, shared_cache):
+    data = tmp_path / "hh.jsonl"
+    # DPO resolves both upstream stages (the reward model for its evaluation) from the cache.
+    quick = ["method=dpo", "method.max_steps=2", "eval.num_prompts=4", "eval.greedy=false"]
+    quick += ["upstream.sft.overrides.max_steps=3", "upstream.reward.overrides.max_steps=3"]
+
+    def entries(stage: str) -> set[str]:
+        root = shared_cache / stage
+        names = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        return {n for n in names if not n.startswith(".") and not n.endswith(".lock")}
+
+    dialogue_file(data, n=120, seed=1)
+    run_method(*files_overrides(data), *quick)
+    before = {stage: entries(stage) for stage in ("sft", "reward", "base")}
+    run_method(*files_overrides(data), *quick)  # same bytes: reused
+    assert {stage: entries(stage) for stage in before} == before
+    dialogue_file(data, n=120, seed=2)  # same path, other rows
+    run_method(*files_overrides(data), *quick)
+    for stage, names in before.items():
+        assert len(entries(stage) - names) == 1, stage  # rebuilt from the new rows
+
+
+def test_pairs_that_all_tie_stop_with_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    rows = [{"chosen": r["chosen"], "rejected": r["chosen"]} for r in hh_like_rows(60)]
+    data = write_jsonl(rows, tmp_path / "ties.jsonl")
+    run_dir = tmp_path / "run"
+    quick = ["debug=fast", "upstream.sft.overrides.max_steps=2", f"paths.root_dir={tmp_path}"]
+    quick.append(f"hydra.run.dir={run_dir}")
+    result = run_cli("method=reward", *files_overrides(data), *quick)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: dataset split 'pref_train': none of its")
+    assert "identical chosen and rejected" in line
+    assert (run_dir / "metrics.json").is_file()  # the failure is recorded...
+    assert not (run_dir / "model").exists()  # ...and no reward model was trained or saved
