@@ -1,4 +1,4 @@
-"""Pure metrics of the shared evaluation: BLEU, win rate, diversity, intervals, sequence KL.
+"""Pure metrics of the shared evaluation: BLEU, win rate, diversity, intervals.
 
 No models here: each function takes texts or numbers, so each is tested on hand-made inputs.
 """
@@ -66,14 +66,3 @@ def bootstrap_ci(
     means = sorted(statistics.fmean(rng.choices(values, k=n)) for _ in range(resamples))
     tail = (1 - level) / 2
     return means[int(tail * (resamples - 1))], means[int((1 - tail) * (resamples - 1))]
-
-
-def sequence_kl(policy_logps: Sequence[float], reference_logps: Sequence[float]) -> float:
-    """Monte-Carlo KL(policy || reference) from completions sampled from the policy.
-
-    Each argument holds the summed log-probability of one sampled completion under that
-    model; the mean of their difference is an unbiased estimate of the sequence-level KL.
-    """
-    if len(policy_logps) != len(reference_logps) or not policy_logps:
-        raise ValueError("sequence_kl needs two equally long, non-empty lists")
-    return statistics.fmean(p - r for p, r in zip(policy_logps, reference_logps, strict=True))

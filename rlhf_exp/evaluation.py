@@ -4,6 +4,8 @@ Every method reports these numbers the same way, under the same keys, so runs co
 `evaluate_policy` is the cheap periodic check during training (gold reward, length);
 `final_evaluation` (via `evaluate_alignment`) the full end-of-run comparison with the
 reference (SFT) policy: gold and RM reward, KL, BLEU, win rates, diversity, samples table.
+The policy side is a `Sampler`: a trained model's own samples (`ModelSampler`, what a model
+passed in becomes), or a policy that is not one model, such as best-of-n.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_exp.generation import generate
+from rlhf_exp.generation import Rollout, generate
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,9 @@ def evaluate_policy(
 
 def completion_logprobs(
     model: Any, rollout: Any, *, temperature: float, pad_id: int, batch_size: int = 64
-) -> list[float]:
-    """Summed log-prob of each rollout response under `model` at `temperature`: (B,) floats.
+) -> Any:
+    """Log-prob of every response token of `rollout` under `model` at `temperature`: a (B, R)
+    tensor, 0 after each response's end (`rlhf_exp.rl.token_logprobs`, batch by batch).
 
     Positions count the real tokens of left-padded rows, as `generate` assigned them, and PAD
     is suppressed as in sampling, so a model scored on its own samples reproduces their
@@ -121,26 +124,73 @@ def completion_logprobs(
     """
     import torch
 
-    totals: list[float] = []
+    from rlhf_exp.rl import token_logprobs
+
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for s in range(0, rollout.response_ids.shape[0], batch_size):
-                ids = rollout.input_ids[s : s + batch_size]
-                mask = rollout.attention_mask[s : s + batch_size]
-                response = rollout.response_ids[s : s + batch_size]  # (B, R)
-                keep = rollout.response_mask[s : s + batch_size].bool()
-                positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-                n = response.shape[1]
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-                logits = logits[:, -n - 1 : -1].float() / temperature  # (B, R, V)
-                logits[..., pad_id] = float("-inf")
-                logp = torch.log_softmax(logits, -1).gather(-1, response[..., None]).squeeze(-1)
-                totals.extend(logp.masked_fill(~keep, 0.0).sum(1).tolist())
+        parts = [
+            token_logprobs(
+                model,
+                rollout.input_ids[s : s + batch_size],
+                rollout.attention_mask[s : s + batch_size],
+                rollout.response_ids[s : s + batch_size],
+                temperature,
+                pad_id,
+            )
+            for s in range(0, rollout.response_ids.shape[0], batch_size)
+        ]
     finally:
         model.train(was_training)
-    return totals
+    return torch.cat(parts).masked_fill(~rollout.response_mask.bool(), 0.0)
+
+
+def sequence_kl(policy_logps: Any, reference_logps: Any, mask: Any) -> dict[str, float]:
+    """KL(policy || reference) per sampled sequence, averaged: k1 (the mean log-ratio,
+    unbiased, negative by sampling noise when the two are close) and k3 (unbiased and never
+    negative), each the sum of its per-token estimate (`rlhf_exp.rl.kl_estimate`)."""
+    from rlhf_exp.rl import kl_estimate
+
+    out = {}
+    for kind in ("k1", "k3"):
+        per_token = kl_estimate(policy_logps, reference_logps, kind) * mask  # (B, R)
+        out[kind] = per_token.sum(1).mean().item()
+    return out
+
+
+class Sampler:
+    """The policy side of `evaluate_alignment`: one completion per prompt.
+
+    `sample(prompts, greedy)` draws from the torch RNG as the evaluation seeded it, the same
+    stream the reference's samples come from. `model` is the policy as a model, whose log-probs
+    on its own samples give the measured `eval/kl`; a policy that has no such model (best-of-n)
+    sets `model = None` and states its KL to the reference in `kl` (nats) instead.
+    """
+
+    model: Any | None = None
+    kl: float | None = None
+
+    def sample(self, prompts: list[str], greedy: bool) -> Rollout:
+        raise NotImplementedError
+
+
+class ModelSampler(Sampler):
+    """A model's own samples at `spec.temperature` (or greedy), `spec.batch_size` at a time:
+    how every trained policy and every reference is evaluated. `spec` is an `EvalSpec`."""
+
+    def __init__(self, model: Any, tokenizer: Any, spec: Any) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+
+    def sample(self, prompts: list[str], greedy: bool) -> Rollout:
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=self.spec.max_new_tokens,
+            temperature=self.spec.temperature,
+            greedy=greedy,
+            batch_size=self.spec.batch_size,
+        )
 
 
 @dataclass
@@ -154,10 +204,8 @@ class _Side:
 
 
 def _sample_side(
-    model: Any,
-    tokenizer: Any,
+    sampler: Sampler,
     prompts: list[str],
-    spec: Any,
     seed: int,
     greedy: bool,
     gold_fn: Callable | None,
@@ -167,15 +215,7 @@ def _sample_side(
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # policy and reference draw from the same RNG stream
-        rollout = generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=spec.max_new_tokens,
-            temperature=spec.temperature,
-            greedy=greedy,
-            batch_size=spec.batch_size,
-        )
+        rollout = sampler.sample(prompts, greedy)
     samples = Samples(
         prompts, rollout.texts, rollout.response_mask.sum(1).tolist(), rollout.ended.tolist()
     )
@@ -227,7 +267,7 @@ def samples_table(
 
 
 def evaluate_alignment(
-    policy: Any,
+    policy: Any | Sampler,
     tokenizer: Any,
     eval_prompts: Any,
     spec: Any,
@@ -237,16 +277,18 @@ def evaluate_alignment(
     reference: Any | None = None,
     rm_scorer: Callable[[list[str], list[str]], list[float]] | None = None,
 ) -> tuple[dict[str, float], str]:
-    """The full held-out evaluation of a trained policy against its reference (SFT) policy.
+    """The full held-out evaluation of a policy against its reference (SFT) policy.
 
-    `reference` is the starting policy; None means `policy` is a peft model whose disabled
-    adapters are the reference (no second copy of the weights). Returns (metrics, samples
-    markdown). Keys, under `eval/` for the policy and `eval/sft/` for the reference:
+    `policy` is the trained model, or a `Sampler` for a policy that is not one model.
+    `reference` is the starting policy; None means the policy model is a peft model whose
+    disabled adapters are the reference (no second copy of the weights). Returns (metrics,
+    samples markdown). Keys, under `eval/` for the policy and `eval/sft/` for the reference:
     gold_reward (+ _std, _ci_low, _ci_high), rm_reward, bleu, bleu_corpus, length_mean,
     eos_fraction, distinct_1, distinct_2; for the policy also kl (sequence-level
-    KL(policy || reference) from the policy's samples, nats), win_rate_gold and win_rate_rm
-    (against the reference's completion of the same prompt, ties one half); and with
-    `spec.greedy`, eval/greedy/{gold_reward,win_rate_gold} from greedy decoding.
+    KL(policy || reference) in nats: measured from the policy model's samples, or the
+    sampler's stated `kl`), win_rate_gold and win_rate_rm (against the reference's completion
+    of the same prompt, ties one half); and with `spec.greedy`,
+    eval/greedy/{gold_reward,win_rate_gold} from greedy decoding.
     """
     from contextlib import nullcontext
 
@@ -260,21 +302,25 @@ def evaluate_alignment(
         list(eval_prompts["reference"])[:n] if "reference" in columns else [""] * len(prompts)
     )
     gold_fn = get_reward(gold_reward) if gold_reward else None
+    sampler = policy if isinstance(policy, Sampler) else ModelSampler(policy, tokenizer, spec)
+    measured = sampler.model is not None  # else the sampler states its KL
+    if not measured and (sampler.kl is None or reference is None):
+        raise ValueError("a sampler without a model needs its `kl` and an explicit reference")
 
     def as_reference():
-        return nullcontext(reference) if reference is not None else _adapters_off(policy)
+        return nullcontext(reference) if reference is not None else _adapters_off(sampler.model)
 
     pad_id = tokenizer.pad_token_id
     sides = {}
     for greedy in (False, True) if spec.greedy else (False,):
-        mine = _sample_side(policy, tokenizer, prompts, spec, seed, greedy, gold_fn, rm_scorer)
+        mine = _sample_side(sampler, prompts, seed, greedy, gold_fn, rm_scorer)
         with as_reference() as ref_model:
             theirs = _sample_side(
-                ref_model, tokenizer, prompts, spec, seed, greedy, gold_fn, rm_scorer
+                ModelSampler(ref_model, tokenizer, spec), prompts, seed, greedy, gold_fn, rm_scorer
             )
             ref_logps = (
                 None
-                if greedy
+                if greedy or not measured
                 else completion_logprobs(
                     ref_model, mine.rollout, temperature=spec.temperature, pad_id=pad_id
                 )
@@ -284,8 +330,14 @@ def evaluate_alignment(
     mine, theirs, ref_logps = sides[False]
     metrics = {f"eval/{k}": v for k, v in _side_metrics(mine, references, seed).items()}
     metrics |= {f"eval/sft/{k}": v for k, v in _side_metrics(theirs, references, seed).items()}
-    own = completion_logprobs(policy, mine.rollout, temperature=spec.temperature, pad_id=pad_id)
-    metrics["eval/kl"] = statistics.fmean(p - r for p, r in zip(own, ref_logps, strict=True))
+    if measured:
+        own = completion_logprobs(
+            sampler.model, mine.rollout, temperature=spec.temperature, pad_id=pad_id
+        )
+        kl = sequence_kl(own, ref_logps, mine.rollout.response_mask)
+        metrics["eval/kl"], metrics["eval/kl_k3"] = kl["k1"], kl["k3"]
+    else:
+        metrics["eval/kl"] = sampler.kl
     if mine.gold is not None:
         metrics["eval/win_rate_gold"] = win_rate(mine.gold, theirs.gold)
     if mine.rm is not None:
@@ -317,7 +369,7 @@ def _adapters_off(policy: Any) -> Any:
 
 def final_evaluation(
     ctx: Any,
-    policy: Any,
+    policy: Any | Sampler,
     tokenizer: Any,
     task: Any,
     *,

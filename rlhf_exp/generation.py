@@ -27,6 +27,7 @@ from transformers import GenerationConfig
 
 from rlhf_exp.data.tokens import fit_prompts
 from rlhf_exp.errors import UserError
+from rlhf_exp.rl import entropy_of, logprobs_of
 
 
 @dataclass
@@ -166,8 +167,7 @@ def _token_stats(
     """
     logps, entropies = [], []
     for t, step_scores in enumerate(scores):
-        logp = torch.log_softmax(step_scores.float(), dim=-1)  # (B, V)
-        logps.append(logp.gather(-1, response[:, t : t + 1]).squeeze(-1))
-        p = logp.exp()  # suppressed tokens: p = 0, logp = -inf; their term is 0
-        entropies.append(-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1))
+        logits = step_scores.float()  # (B, V); suppressed tokens are -inf and contribute 0
+        logps.append(logprobs_of(logits, response[:, t]))
+        entropies.append(entropy_of(logits))
     return torch.stack(logps, dim=1), torch.stack(entropies, dim=1)

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from transformers import TrainerCallback
@@ -18,9 +18,10 @@ from rlhf_exp.errors import Interrupted, NonFiniteError, UserError
 
 if TYPE_CHECKING:
     from rlhf_exp.config.schema import TrainSpec
-    from rlhf_exp.runner import RunContext
+    from rlhf_exp.context import RunContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
@@ -65,6 +66,26 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         # on the full data instead of as ranks of one (gloo) group.
         "use_cpu": not torch.cuda.is_available(),
     }
+
+
+def trl_config(config_cls: type[T], spec: TrainSpec, ctx: RunContext, **own: Any) -> T:
+    """A TRL `*Config`: the shared arguments (`trainer_args`), the method's own knobs, then
+    `method.trainer_kwargs`, any further option of that config, so the user's word is last.
+
+    Unknown keys were refused before anything loaded (config.schema); a value TRL rejects is
+    one line naming `method.trainer_kwargs`.
+    """
+    kwargs = {**trainer_args(spec, ctx), **own, **spec.trainer_kwargs}
+    if not spec.trainer_kwargs:
+        return config_cls(**kwargs)
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"method.trainer_kwargs={spec.trainer_kwargs} rejected by {config_cls.__name__}: "
+            f"{first}"
+        ) from None
 
 
 def throughput(trainer: Any, result: Any) -> dict[str, float]:
@@ -245,3 +266,29 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
     if guard.stop_signal is not None:
         raise Interrupted(ctx.run_dir, trainer.state.global_step)
     return result
+
+
+def final_eval_metrics(trainer: Any) -> dict[str, float]:
+    """The trained policy's held-out trainer metrics (`eval_loss`, `eval_rewards/*`, ...).
+
+    transformers already evaluates at the last step of a step-based schedule; reuse that
+    and evaluate again only if it did not happen.
+    """
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == step else trainer.evaluate()
+    return trainer.evaluate()
+
+
+def reference_policy(trainer: Any, run: Any, init: str) -> Any | None:
+    """The SFT policy a reference-based trainer (DPO, KTO) is evaluated against: None under
+    LoRA (its adapters are switched off instead), else the trainer's frozen copy, or one
+    loaded from `init` now if the reference log-probs were precomputed."""
+    from rlhf_exp.models import load_causal_lm
+
+    if run.lora.enabled:
+        return None
+    if trainer.ref_model is not None:
+        return trainer.ref_model
+    return load_causal_lm(init, run.model, tokenizer=trainer.processing_class).eval()

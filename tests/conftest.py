@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from rlhf_exp.runner import CONF_DIR
+from rlhf_exp.context import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 

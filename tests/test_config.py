@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_exp.config.schema import check_paths, validate
+from rlhf_exp.context import CONF_DIR
 from rlhf_exp.errors import ConfigError
-from rlhf_exp.runner import CONF_DIR
 
 GROUPS = ["model", "dataset", "method", "lora", "logger", "arm", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -28,10 +28,10 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
     run = validate(compose_cfg(f"{group}={option}", *REQUIRED.get((group, option), [])))
     if group in ("model", "dataset", "method"):
         assert getattr(run, group).name == option
-    if group == "arm":  # dpo_beta_0.1 -> method=dpo with beta=0.1
-        method, knob, value = option.split("_")
+    if group == "arm":  # dpo_beta_0.1 -> method=dpo with beta=0.1; bon_n_4 -> best_of_n, n=4
+        method, _, value = option.rsplit("_", 2)
         knob = str(getattr(run.method, type(run.method).KL_KNOB))
-        assert run.method.name == method and knob == value
+        assert run.method.name == {"bon": "best_of_n"}.get(method, method) and knob == value
     if group == "lora":
         assert run.lora.enabled is (option == "default")
     if group == "debug":
@@ -86,3 +86,76 @@ def test_missing_paths_fail_before_loading(compose_cfg, tmp_path: Path):
     run = validate(compose_cfg(f"upstream.sft.path={tmp_path}/nowhere"))
     with pytest.raises(ConfigError, match=r"upstream.sft.path=.*not a directory"):
         check_paths(run)
+
+
+# One source of defaults: each group's default YAML and its dataclass say the same thing, so a
+# value validated against the dataclass (upstream overrides, tests, notebooks) is the value a
+# run uses. Keys the YAML takes from another group by interpolation are compared resolved.
+def _defaults(cls) -> dict:
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            out[f.name] = _defaults(type(value)) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _method_options() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem != "eval")
+
+
+@pytest.mark.parametrize("method", _method_options())
+def test_method_yaml_and_schema_defaults_agree(compose_cfg, method):
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.config.schema import _method_specs
+
+    yaml = OmegaConf.to_container(compose_cfg(f"method={method}").method, resolve=True)
+    schema = _defaults(_method_specs()[method])
+    drift = {k: (v, schema.get(k)) for k, v in yaml.items() if schema.get(k) != v}
+    assert not drift, f"conf/method/{method}.yaml vs its schema (yaml, dataclass): {drift}"
+
+
+def test_default_groups_and_schema_defaults_agree(compose_cfg):
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.config.schema import DatasetSpec, EvalSpec, LoraSpec, ModelSpec, UpstreamSpec
+
+    cfg = OmegaConf.to_container(compose_cfg(), resolve=True)
+    pairs = {
+        "model": ModelSpec,
+        "dataset": DatasetSpec,
+        "lora": LoraSpec,
+        "eval": EvalSpec,
+        "upstream": UpstreamSpec,
+    }
+    for group, cls in pairs.items():
+        schema = _defaults(cls)
+        drift = {k: (v, schema.get(k)) for k, v in cfg[group].items() if schema.get(k) != v}
+        assert not drift, f"{group}: (yaml, dataclass) {drift}"
+
+
+def test_trainer_kwargs_reach_the_trl_config_last(compose_cfg, tmp_path):
+    from trl import SFTConfig
+
+    from rlhf_exp.artifacts import ArtifactCache
+    from rlhf_exp.context import RunContext
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.training import trl_config
+
+    run = validate(
+        compose_cfg(
+            "method=sft",
+            "+method.trainer_kwargs.logging_first_step=true",
+            "+method.trainer_kwargs.max_grad_norm=0.5",  # beats the shared argument
+        )
+    )
+    tracker = Tracker(tmp_path, tensorboard=False, writes=False)
+    ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker)
+    args = trl_config(SFTConfig, run.method, ctx, max_length=run.method.max_length)
+    assert args.logging_first_step is True and args.max_grad_norm == 0.5
+    assert args.max_length == run.method.max_length

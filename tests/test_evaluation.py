@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rlhf_exp.config.schema import EvalSpec
@@ -66,12 +68,13 @@ def test_kl_of_changed_lora_policy_against_disabled_adapters_is_positive(tiny_lm
     spec = EvalSpec(max_new_tokens=8, greedy=False)
     same, _ = evaluate_alignment(peft_model, tok, _prompts(), spec, seed=0, gold_reward=None)
     assert same["eval/kl"] == pytest.approx(0.0, abs=1e-6)  # zero-initialised adapters
+    generator = torch.Generator().manual_seed(0)  # not the global stream: order-independent
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.5)
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
     changed, _ = evaluate_alignment(peft_model, tok, _prompts(), spec, seed=0, gold_reward=None)
-    assert changed["eval/kl"] > 0.01
+    assert changed["eval/kl_k3"] > 0.01  # never negative; k1 can be, on 4 samples
     assert "eval/win_rate_gold" not in changed and "eval/greedy/gold_reward" not in changed
 
 
@@ -91,10 +94,26 @@ def test_completion_logprobs_reproduce_sampling_logprobs(tiny_lm):
         temperature=0.7,
         return_logprobs=True,
     )
-    sums = completion_logprobs(model, rollout, temperature=0.7, pad_id=tok.pad_token_id)
-    assert sums == pytest.approx(rollout.logprobs.sum(1).tolist(), abs=1e-4)
+    tokens = completion_logprobs(model, rollout, temperature=0.7, pad_id=tok.pad_token_id)
+    assert tokens.flatten().tolist() == pytest.approx(rollout.logprobs.flatten().tolist(), abs=1e-4)
     hot = completion_logprobs(model, rollout, temperature=5.0, pad_id=tok.pad_token_id)
-    assert hot != pytest.approx(sums, abs=1e-3)
+    assert hot.sum(1).tolist() != pytest.approx(tokens.sum(1).tolist(), abs=1e-3)
+
+
+def test_sequence_kl_k1_and_k3():
+    import torch
+
+    from rlhf_exp.evaluation import sequence_kl
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    logps = torch.log(torch.tensor([[0.5, 0.5, 0.3], [0.25, 0.2, 0.2]]))
+    assert sequence_kl(logps, logps, mask) == {"k1": 0.0, "k3": 0.0}
+    ref = torch.log(torch.tensor([[0.25, 0.5, 0.9], [0.5, 0.9, 0.9]]))
+    kl = sequence_kl(logps, ref, mask)
+    # k1: sequence 1 log 2, sequence 2 -log 2 (after its end nothing counts): mean 0
+    assert kl["k1"] == pytest.approx(0.0, abs=1e-6)
+    # k3 = (r - 1) - log r per token: r = 0.5 -> ln 2 - 0.5; r = 2 -> 1 - ln 2; mean of both
+    assert kl["k3"] == pytest.approx(0.5 * ((math.log(2) - 0.5) + (1 - math.log(2))))
 
 
 def test_samples_table_escapes_pipes_and_line_breaks():

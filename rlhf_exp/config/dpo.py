@@ -40,9 +40,12 @@ SMOOTHED_LOSSES = ("robust", "exo_pair", "aot")
 @dataclass
 class DPOSpec(TrainSpec):
     KL_KNOB: ClassVar[str | None] = "beta"  # the x-axis of a reward/KL frontier
+    TRL_CONFIG: ClassVar[str | None] = "trl:DPOConfig"
 
     name: str = "dpo"
     learning_rate: float = _f(1e-4, gt=0, le=1)
+    per_device_train_batch_size: int = _f(8, ge=1)  # x4 accumulation: 32 pairs a step
+    gradient_accumulation_steps: int = _f(4, ge=1)
     # Strength of the implicit KL penalty to the reference: higher stays closer to it.
     beta: float = _f(0.1, gt=0)
     loss_type: str = _f("sigmoid", choices=list(LOSS_TYPES))

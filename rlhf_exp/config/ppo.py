@@ -32,6 +32,9 @@ class PPOSpec(TrainSpec):
 
     name: str = "ppo"
     learning_rate: float = _f(1e-4, gt=0, le=1)
+    eval_steps: int = _f(10, ge=1)
+    save_steps: int = _f(10, ge=1)
+    max_eval_samples: int = _f(128, ge=1)
     lr_scheduler_type: str = _f(
         "linear", choices=["linear", "cosine", "constant", "constant_with_warmup"]
     )

@@ -21,11 +21,12 @@ from trl import DPOConfig, DPOTrainer
 
 from rlhf_exp.config.dpo import DPOSpec
 from rlhf_exp.config.schema import RunConfig
+from rlhf_exp.context import RunContext
 from rlhf_exp.data.tokens import require_rows
 from rlhf_exp.distributed import world_size
 from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.evaluation import final_evaluation
-from rlhf_exp.methods import register
+from rlhf_exp.methods import evaluation_needs, register
 from rlhf_exp.models import (
     count_parameters,
     load_causal_lm,
@@ -33,16 +34,24 @@ from rlhf_exp.models import (
     lora_config,
     save_merged,
 )
-from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, run_training, throughput, trainer_args
+from rlhf_exp.training import (
+    eval_subset,
+    final_eval_metrics,
+    reference_policy,
+    run_training,
+    throughput,
+    trl_config,
+)
 
 log = logging.getLogger(__name__)
 
 
 def dpo_config(spec: DPOSpec, ctx: RunContext) -> DPOConfig:
     """TRL config: the shared CPU-sane trainer arguments plus DPO's own knobs."""
-    return DPOConfig(
-        **trainer_args(spec, ctx),
+    return trl_config(
+        DPOConfig,
+        spec,
+        ctx,
         beta=spec.beta,
         loss_type=[spec.loss_type],
         label_smoothing=spec.label_smoothing,
@@ -96,31 +105,7 @@ def build_trainer(
     )
 
 
-def final_pair_metrics(trainer: DPOTrainer) -> dict[str, float]:
-    """Held-out pair metrics of the trained policy (`eval_rewards/accuracies`, ...).
-
-    transformers already evaluates at the last step of a step-based schedule; reuse that
-    and evaluate again only if it did not happen.
-    """
-    step = trainer.state.global_step
-    for entry in reversed(trainer.state.log_history):
-        if "eval_loss" in entry:
-            return entry if entry.get("step") == step else trainer.evaluate()
-    return trainer.evaluate()
-
-
-def _reference_policy(trainer: DPOTrainer, cfg: RunConfig, init: str) -> Any | None:
-    """The SFT policy to evaluate against: None under LoRA (the adapters are switched off
-    instead), else the trainer's frozen copy, or one loaded now if log-probs were precomputed.
-    """
-    if cfg.lora.enabled:
-        return None
-    if trainer.ref_model is not None:
-        return trainer.ref_model
-    return load_causal_lm(init, cfg.model, tokenizer=trainer.processing_class).eval()
-
-
-@register("dpo", needs=("sft",))
+@register("dpo", needs=evaluation_needs("sft"))
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     spec: DPOSpec = cfg.method  # type: ignore[assignment]
     if spec.precompute_ref_log_probs and world_size() > 1:
@@ -133,8 +118,6 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
             "false when training with several processes (accelerate launch)",
         )
     init = str(ctx.upstream("sft"))
-    if cfg.eval.reward_model:
-        ctx.upstream("reward")  # the final evaluation's RM: resolved now, not after training
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
     task = ctx.task(tokenizer)
@@ -155,9 +138,9 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     log.info("dpo: %d of %d parameters trainable", trainable, total)
     result = run_training(trainer, ctx)
     save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
-    pair_metrics = final_pair_metrics(trainer)
+    pair_metrics = final_eval_metrics(trainer)
     eval_metrics = final_evaluation(
-        ctx, trainer.model, tokenizer, task, reference=_reference_policy(trainer, cfg, init)
+        ctx, trainer.model, tokenizer, task, reference=reference_policy(trainer, cfg, init)
     )
 
     metrics = {

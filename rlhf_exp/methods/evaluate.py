@@ -13,14 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf_exp.config.schema import RunConfig
+from rlhf_exp.context import RunContext
 from rlhf_exp.errors import UserError
 from rlhf_exp.evaluation import final_evaluation
 from rlhf_exp.methods import register
 from rlhf_exp.models import load_causal_lm, load_tokenizer
-from rlhf_exp.runner import RunContext
 
 
-@register("eval", produces_model=False)
+def _needs(run: RunConfig) -> tuple[str, ...]:
+    """The SFT policy unless a reference is given; the reward model if the evaluation uses it."""
+    stages = () if run.reference_path else ("sft",)
+    return (*stages, "reward") if run.eval.reward_model else stages
+
+
+@register("eval", needs=_needs, produces_model=False)
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     assert cfg.policy_path is not None  # schema: method=eval requires it
     tokenizer = load_tokenizer(cfg.policy_path, cfg.model)

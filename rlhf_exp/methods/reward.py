@@ -19,6 +19,7 @@ from typing import Any
 from trl import RewardConfig, RewardTrainer
 
 from rlhf_exp.config.schema import RewardSpec, RunConfig
+from rlhf_exp.context import RunContext
 from rlhf_exp.data.tokens import TokenBudget, joined, require_rows
 from rlhf_exp.errors import UserError
 from rlhf_exp.lexical_baseline import lexical_baseline
@@ -31,8 +32,7 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.rewards.model_scorer import RewardModelScorer, pairwise_accuracy
-from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, run_training, throughput, trainer_args
+from rlhf_exp.training import eval_subset, run_training, throughput, trl_config
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     require_rows(train, "pref_train", knobs)
     require_rows(test, "pref_test", knobs)
 
-    args = RewardConfig(
-        **trainer_args(spec, ctx),
+    args = trl_config(
+        RewardConfig,
+        spec,
+        ctx,
         max_length=spec.max_length,  # rows already fit it: TRL's length filter drops nothing
         center_rewards_coefficient=spec.center_rewards_coefficient,
     )

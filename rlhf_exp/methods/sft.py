@@ -17,6 +17,7 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from rlhf_exp.config.schema import RunConfig, SFTSpec
+from rlhf_exp.context import RunContext
 from rlhf_exp.errors import UserError
 from rlhf_exp.methods import register
 from rlhf_exp.models import (
@@ -26,8 +27,7 @@ from rlhf_exp.models import (
     lora_config,
     save_merged,
 )
-from rlhf_exp.runner import RunContext
-from rlhf_exp.training import eval_subset, run_training, throughput, trainer_args
+from rlhf_exp.training import eval_subset, run_training, throughput, trl_config
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,10 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     train = ctx.tokenize(task.sft_train, "sft", tokenizer, "sft_train").dataset
     held_out = ctx.tokenize(task.sft_eval, "sft", tokenizer, "sft_eval").dataset
 
-    args = SFTConfig(
-        **trainer_args(spec, ctx),
+    args = trl_config(
+        SFTConfig,
+        spec,
+        ctx,
         max_length=spec.max_length,  # rows already fit it (input_ids + completion_mask)
         completion_only_loss=spec.completion_only_loss,
         packing=False,

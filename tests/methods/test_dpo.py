@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlhf_exp.runner import stage_key, upstream_run
+from rlhf_exp.context import stage_key, upstream_run
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ import pytest
 
 from rlhf_exp.artifacts import ArtifactCache
 from rlhf_exp.config.schema import validate
-from rlhf_exp.runner import execute, stage_key, upstream_run
+from rlhf_exp.context import stage_key, upstream_run
+from rlhf_exp.runner import execute
 
 
 @pytest.mark.slow

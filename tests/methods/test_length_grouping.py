@@ -10,8 +10,8 @@ from datasets import Dataset
 
 from rlhf_exp.artifacts import ArtifactCache
 from rlhf_exp.config.schema import validate
+from rlhf_exp.context import RunContext
 from rlhf_exp.methods.dpo import build_trainer
-from rlhf_exp.runner import RunContext
 from rlhf_exp.tracking import Tracker
 from rlhf_exp.training import run_training, with_lengths
 

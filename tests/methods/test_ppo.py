@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf_exp.config.schema import validate
+from rlhf_exp.context import stage_key, upstream_run
 from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.rewards import register_reward
-from rlhf_exp.runner import stage_key, upstream_run
 from tests.methods.logs import scalars
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
+from rlhf_exp import rl
 from rlhf_exp.config.schema import LoraSpec, ModelSpec
 from rlhf_exp.generation import generate, truncate_after_eos
 from rlhf_exp.methods.ppo import core
-from rlhf_exp.methods.ppo.models import Reference, position_ids, response_logprobs
+from rlhf_exp.methods.ppo.models import Reference
 from rlhf_exp.models import apply_lora
-
-LN2 = math.log(2.0)
+from rlhf_exp.rl import position_ids, response_logprobs
 
 
 def approx(values, abs=1e-6):
@@ -38,28 +38,6 @@ def test_gae_matches_hand_computation_and_stops_at_the_last_real_token():
         torch.tensor([[1.0, 0.0, 2.0]]), torch.zeros(1, 3), torch.ones(1, 3), 0.9, 0.8
     )
     assert adv[0].tolist() == approx([2.0368, 1.44, 2.0])
-
-
-def test_masked_whiten_mean_var_ignore_padding():
-    x = torch.tensor([1.0, 2.0, 3.0, 100.0])
-    mask = torch.tensor([1, 1, 1, 0])
-    assert core.masked_mean(x, mask).item() == approx(2.0)
-    assert core.masked_var(x, mask).item() == approx(1.0)  # unbiased: (1 + 0 + 1) / 2
-    assert core.masked_whiten(x, mask).tolist() == approx([-1.0, 0.0, 1.0, 0.0], abs=1e-4)
-    kept = core.masked_whiten(x, mask, shift_mean=False)
-    assert kept.tolist() == approx([1.0, 2.0, 3.0, 0.0], abs=1e-4)
-
-
-def test_kl_estimators():
-    logp = torch.log(torch.tensor([0.5, 0.25]))
-    ref = torch.log(torch.tensor([0.25, 0.5]))
-    assert core.kl_estimate(logp, ref, "k1").tolist() == approx([LN2, -LN2])
-    # k3 = (r - 1) - log r, r = pi_ref / pi: r = 0.5 -> -0.5 + ln 2; r = 2 -> 1 - ln 2
-    assert core.kl_estimate(logp, ref, "k3").tolist() == approx([LN2 - 0.5, 1 - LN2])
-    assert (core.kl_estimate(logp, ref, "k3") >= 0).all()
-    assert core.kl_estimate(logp, logp, "k1").abs().max() == 0
-    with pytest.raises(ValueError, match="k1 or k3"):
-        core.kl_estimate(logp, ref, "k2")
 
 
 def test_token_rewards_put_the_score_on_the_last_real_token():
@@ -126,7 +104,7 @@ def test_masks_ignore_tokens_after_eos_and_pad_is_not_eos():
     x = torch.tensor([[1.0, 2.0, 50.0, -50.0], [1.0, 1.0, 1.0, 1.0]])
     junk = x.clone()
     junk[0, 2:] = 1e6
-    assert core.masked_mean(x, mask) == core.masked_mean(junk, mask) == pytest.approx(7 / 6)
+    assert rl.masked_mean(x, mask) == rl.masked_mean(junk, mask) == pytest.approx(7 / 6)
     # PAD positions read log-prob 0 (never -inf, which would turn masked sums into NaN), and
     # an EOS inside the response keeps its real log-prob
     logits = torch.randn(2, 4, 10)

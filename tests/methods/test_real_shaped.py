@@ -66,6 +66,21 @@ def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp
     assert "Assistant:" in samples  # evaluation prompts are held-out dialogue prompts
 
 
+def test_ppo_rolls_out_and_evaluates_long_dialogue_prompts(run_method, tmp_path):
+    data = dialogue_file(tmp_path / "hh.jsonl")
+    metrics, run_dir, _, _ = run_method(
+        "method=ppo",
+        "method.max_steps=2",
+        "method.eval_steps=1",  # the periodic evaluation generates from long prompts too
+        "method.rollout_batch_size=32",
+        "eval.num_prompts=16",
+        *files_overrides(data),
+    )
+    assert metrics["train/global_step"] == 2
+    assert "eval/rm_reward" in metrics and "eval/gold_reward" not in metrics
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
 def test_changed_rows_rebuild_sft_and_reward_model(run_method, tmp_path, shared_cache):
     data = tmp_path / "hh.jsonl"
     # DPO resolves both upstream stages (the reward model for its evaluation) from the cache.

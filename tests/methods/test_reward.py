@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_exp.runner import stage_key, upstream_run
+from rlhf_exp.context import stage_key, upstream_run
 from tests.conftest import ROOT, run_cli
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 

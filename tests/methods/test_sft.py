@@ -5,7 +5,7 @@ from __future__ import annotations
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
-from rlhf_exp.runner import RunContext
+from rlhf_exp.context import RunContext
 from rlhf_exp.tracking import Tracker
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 

@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 
 from rlhf_exp.artifacts import ArtifactCache
 from rlhf_exp.config.schema import validate
+from rlhf_exp.context import RunContext
 from rlhf_exp.data.synthetic_dialogues import hh_like_rows, write_jsonl
-from rlhf_exp.runner import RunContext
 from rlhf_exp.tracking import Tracker
 
 

@@ -24,30 +24,34 @@ import torch
 
 from rlhf_exp.config.ppo import PPOSpec
 from rlhf_exp.config.schema import RunConfig
-from rlhf_exp.errors import ConfigError, UserError
+from rlhf_exp.errors import UserError
 from rlhf_exp.methods import register
 
 log = logging.getLogger(__name__)
 
 
 def _reward_name(spec: PPOSpec, cfg: RunConfig) -> str | None:
-    """The reward function's registered name, or None for the learned reward model."""
-    from rlhf_exp.rewards import reward_names
+    """The reward function's name or import path, or None for the learned reward model."""
+    from rlhf_exp.rewards import resolve_reward
 
-    if spec.reward == "model":
-        return None
-    name = cfg.dataset.gold_reward if spec.reward == "gold" else spec.reward
-    if name is None:
-        raise ConfigError(
-            "method.reward", spec.reward, f"dataset {cfg.dataset.name!r} has no gold_reward"
-        )
-    if name not in reward_names():
-        valid = ", ".join(["model", "gold", *reward_names()])
-        raise ConfigError("method.reward", name, f"choose one of {valid} (registered functions)")
-    return name
+    return resolve_reward(spec.reward, cfg.dataset.gold_reward)
 
 
-@register("ppo", needs=("sft", "reward"))
+def _critic_from_rm(spec: PPOSpec) -> bool:
+    """Whether the separate critic starts from the reward model (see `critic_init`)."""
+    auto = spec.critic_init == "auto" and spec.reward == "model"
+    return spec.critic == "model" and (spec.critic_init == "reward" or auto)
+
+
+def _needs(run: RunConfig) -> tuple[str, ...]:
+    """The reward model only when PPO optimises it, its critic starts from it, or the
+    evaluation scores with it: reward-function runs otherwise never train one."""
+    spec: PPOSpec = run.method  # type: ignore[assignment]
+    uses_rm = spec.reward == "model" or _critic_from_rm(spec) or run.eval.reward_model
+    return ("sft", "reward") if uses_rm else ("sft",)
+
+
+@register("ppo", needs=_needs)
 def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
@@ -69,9 +73,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
 
     spec: PPOSpec = cfg.method  # type: ignore[assignment]
     reward_fn_name = _reward_name(spec, cfg)  # config errors before anything loads
-    critic_from_rm = spec.critic == "model" and (
-        spec.critic_init == "reward" or (spec.critic_init == "auto" and reward_fn_name is None)
-    )
+    critic_from_rm = _critic_from_rm(spec)
     needs_rm = reward_fn_name is None or critic_from_rm
     resume = checkpoint.resolve(cfg.resume_from, ctx.checkpoint_dir) if cfg.resume_from else None
 

@@ -1,5 +1,7 @@
-"""PPO's pure math on tensors: masked statistics, KL estimators, GAE, the clipped losses, and
-the KL controllers. Imports only torch, so every function is testable on hand-made tensors:
+"""PPO's own math on tensors: per-token rewards, GAE, the clipped losses and the KL
+controllers (masked statistics, log-probs and KL estimators, shared with the other methods
+and the evaluation, live in `rlhf_exp.rl`). Imports only torch, so every function is
+testable on hand-made tensors:
 
     python -c "import torch; from rlhf_exp.methods.ppo.core import gae; \
 print(gae(torch.tensor([[0., 0., 1.]]), torch.zeros(1, 3), torch.ones(1, 3), 1.0, 0.95))"
@@ -15,65 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-# ------------------------------------------------------------------------- masked statistics
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of `x` over positions where `mask` is 1 (all of them, or along `dim`)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over masked positions; Bessel-corrected like TRL's `masked_var`."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        n = mask.sum()
-        var = var * n / (n - 1).clamp(min=1)
-    return var
-
-
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
-    """(x - mean) / std over masked positions; `shift_mean=False` adds the mean back (rewards
-    keep their sign, as in TRL's reward whitening). Masked positions come out as 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out * mask.to(x.dtype)
-
-
-# ----------------------------------------------------------------------------- log-probs, KL
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token]: (B, R, V), (B, R) -> (B, R)."""
-    # log p = z_tok - logsumexp(z): avoids materialising the (B, R, V) log-softmax twice
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_of(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per position: (..., V) -> (...); -inf logits contribute 0."""
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-
-
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020).
-
-    k1 = log(pi/pi_ref): unbiased, can be negative per token. k3 = (r - 1) - log r with
-    r = pi_ref/pi: unbiased and always >= 0, lower variance when the policies are close.
-    """
-    log_ratio = ref_logprobs - logprobs  # log r
-    if kind == "k1":
-        return -log_ratio
-    if kind == "k3":
-        return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"kl estimator {kind!r}: choose k1 or k3")
+from rlhf_exp.rl import masked_mean
 
 
 def token_rewards(

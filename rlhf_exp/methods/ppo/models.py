@@ -22,10 +22,7 @@ import peft
 import torch
 from torch import nn
 
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions as `generate` assigns them to left-padded rows: count real tokens only."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+from rlhf_exp.rl import position_ids, token_logprobs
 
 
 def score_head(model: nn.Module) -> nn.Module:
@@ -88,24 +85,6 @@ def critic_values(
     return score_head(critic)(hidden[:, -n_response - 1 : -1]).squeeze(-1).float()
 
 
-def response_logprobs(
-    logits: torch.Tensor, response_ids: torch.Tensor, temperature: float, pad_id: int
-) -> torch.Tensor:
-    """log pi(token) as the sampler saw it: logits / T with PAD suppressed. (B, R); 0 on PAD.
-
-    PAD fills the positions after EOS; their log-prob would be -inf, and -inf * 0 in a masked
-    mean is NaN, so they read 0 instead (every caller masks them anyway).
-    """
-    from rlhf_exp.methods.ppo.core import logprobs_of
-
-    logits = logits.float() / temperature
-    # generation never samples PAD (its logit is -inf), so neither may the recomputation
-    logits = logits.index_fill(-1, torch.tensor([pad_id], device=logits.device), float("-inf"))
-    is_pad = response_ids == pad_id
-    logp = logprobs_of(logits, response_ids.masked_fill(is_pad, 0))
-    return logp.masked_fill(is_pad, 0.0)
-
-
 class Reference:
     """Log-probs under the frozen starting policy."""
 
@@ -130,7 +109,6 @@ class Reference:
         else:
             yield self.frozen
 
-    @torch.no_grad()
     def logprobs(
         self,
         policy: nn.Module,
@@ -140,16 +118,8 @@ class Reference:
         temperature: float,
         pad_id: int,
     ) -> torch.Tensor:
-        n = response_ids.shape[1]
         with self.model(policy) as ref:
-            logits = ref(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids(attention_mask),
-                logits_to_keep=n + 1,
-                use_cache=False,
-            ).logits[:, :-1]
-        return response_logprobs(logits, response_ids, temperature, pad_id)
+            return token_logprobs(ref, input_ids, attention_mask, response_ids, temperature, pad_id)
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from rlhf_exp import rl
 from rlhf_exp.config.ppo import PPOSpec
 from rlhf_exp.generation import generate
 from rlhf_exp.methods.ppo import core
@@ -105,10 +106,9 @@ def collect(
     if model.critic is None:
         # value head on the trunk: the critic forward is a policy forward; its log-probs
         # are the full-forward ones the update recomputes, so use them (same cost)
-        from rlhf_exp.methods.ppo.models import response_logprobs
 
         logits, values = model(input_ids, attention_mask, R)
-        logprobs = response_logprobs(logits, response_ids, spec.temperature, pad_id)
+        logprobs = rl.response_logprobs(logits, response_ids, spec.temperature, pad_id)
     else:
         from rlhf_exp.methods.ppo.models import critic_values
 
@@ -123,13 +123,13 @@ def collect(
     if spec.reward_clip is not None:
         scores = scores.clamp(-spec.reward_clip, spec.reward_clip)
 
-    kl = core.kl_estimate(logprobs, ref_logprobs, spec.kl_estimator) * mask  # (B, R)
+    kl = rl.kl_estimate(logprobs, ref_logprobs, spec.kl_estimator) * mask  # (B, R)
     rewards, non_score = core.token_rewards(scores, kl, mask, kl_coef)
     if spec.whiten_rewards:
-        rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        rewards = rl.masked_whiten(rewards, mask, shift_mean=False)
     advantages, returns = core.gae(rewards, values, mask, spec.gamma, spec.lam)
     if spec.whiten_advantages:
-        advantages = core.masked_whiten(advantages, mask)
+        advantages = rl.masked_whiten(advantages, mask)
 
     batch = Batch(
         input_ids,
@@ -146,12 +146,12 @@ def collect(
         "objective/scores": scores,
         "objective/raw_scores": raw_scores,
         "objective/kl": kl.sum(1),
-        "objective/kl_k3": (core.kl_estimate(logprobs, ref_logprobs, "k3") * mask).sum(1),
+        "objective/kl_k3": (rl.kl_estimate(logprobs, ref_logprobs, "k3") * mask).sum(1),
         "objective/entropy": (rollout.entropy.to(device) * mask).sum(1),
         "objective/non_score_reward": non_score.sum(1),
         "objective/rlhf_reward": scores + non_score.sum(1),
-        "val/value_mean": core.masked_mean(values, mask, dim=1),
-        "val/returns_mean": core.masked_mean(returns, mask, dim=1),
+        "val/value_mean": rl.masked_mean(values, mask, dim=1),
+        "val/returns_mean": rl.masked_mean(returns, mask, dim=1),
         "response/length_mean": mask.sum(1),
         "response/eos_fraction": ended.float(),
     }

@@ -24,8 +24,9 @@ from transformers import get_scheduler
 from rlhf_exp.config.ppo import PPOSpec
 from rlhf_exp.errors import Interrupted, NonFiniteError
 from rlhf_exp.methods.ppo import checkpoint, core
-from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference, response_logprobs
+from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
 from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect
+from rlhf_exp.rl import response_logprobs
 from rlhf_exp.training import TrainingGuard
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,126 @@
+"""RL building blocks every method and the evaluation share, on tensors (imports only torch):
+masked statistics, per-token log-probs of a response as the sampler drew it, entropy, and the
+KL estimators.
+
+    python -c "import torch; from rlhf_exp.rl import kl_estimate; \
+print(kl_estimate(torch.tensor([-1.0]), torch.tensor([-2.0]), 'k3'))"
+
+Shapes: B = sequences, R = response tokens, V = vocabulary. A `mask` is 1 on real response
+tokens (the first EOS included) and 0 on the padding after it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+# ------------------------------------------------------------------------- masked statistics
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is 1 (all of them, or along `dim`)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance over masked positions; Bessel-corrected like TRL's `masked_var`."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        var = var * n / (n - 1).clamp(min=1)
+    return var
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """(x - mean) / std over masked positions; `shift_mean=False` adds the mean back (rewards
+    keep their sign, as in TRL's reward whitening). Masked positions come out as 0."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- log-probs, KL
+def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token]: (..., V), (...) -> (...)."""
+    # log p = z_tok - logsumexp(z): avoids materialising the (B, R, V) log-softmax twice
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per position: (..., V) -> (...); -inf logits contribute 0."""
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020).
+
+    With r = pi_ref/pi: k1 = -log r, unbiased, can be negative; k2 = (log r)^2 / 2, biased,
+    low variance, >= 0; k3 = (r - 1) - log r, unbiased and always >= 0, lower variance than
+    k1 when the policies are close. Summed over a sampled sequence's tokens, k1 and k3 are
+    unbiased estimates of the sequence-level KL (chain rule).
+    """
+    log_ratio = ref_logprobs - logprobs  # log r
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    if kind == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"kl estimator {kind!r}: choose k1, k2 or k3")
+
+
+# ----------------------------------------------------------------------- responses in context
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions as `generate` assigns them to left-padded rows: count real tokens only."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def response_logprobs(
+    logits: torch.Tensor, response_ids: torch.Tensor, temperature: float, pad_id: int
+) -> torch.Tensor:
+    """log pi(token) as the sampler saw it: logits / T with PAD suppressed. (B, R); 0 on PAD.
+
+    PAD fills the positions after EOS; their log-prob would be -inf, and -inf * 0 in a masked
+    mean is NaN, so they read 0 instead (every caller masks them anyway).
+    """
+    logits = logits.float() / temperature
+    # generation never samples PAD (its logit is -inf), so neither may the recomputation
+    logits = logits.index_fill(-1, torch.tensor([pad_id], device=logits.device), float("-inf"))
+    is_pad = response_ids == pad_id
+    logp = logprobs_of(logits, response_ids.masked_fill(is_pad, 0))
+    return logp.masked_fill(is_pad, 0.0)
+
+
+@torch.no_grad()
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    temperature: float,
+    pad_id: int,
+) -> torch.Tensor:
+    """log pi(token) of each response token under `model`, as the sampler saw it: (B, R).
+
+    `input_ids`/`attention_mask` hold the left-padded prompt and the response side by side
+    (positions count real tokens only, as `generate` assigned them), so a model scored on its
+    own samples reproduces their log-probs.
+    """
+    n = response_ids.shape[1]
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=n + 1,  # the lm_head runs on the response positions only
+        use_cache=False,
+    ).logits[:, :-1]
+    return response_logprobs(logits, response_ids, temperature, pad_id)
