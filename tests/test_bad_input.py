@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-SPLITS = "sft, sft_eval, preference, preference_test, eval_prompts"
+SPLITS = "sft, sft_eval, preference, preference_test, eval_prompts, unpaired"
 DPO_LOSSES = (
     "sigmoid, hinge, ipo, robust, exo_pair, nca_pair, bco_pair, sppo_hard, aot, apo_zero, "
     "apo_down, discopop, sigmoid_norm"
@@ -101,11 +101,25 @@ CASES = [
     (
         ["method=ppo", "method.reward=no_such_reward"],
         "method.reward='no_such_reward' is invalid: choose one of model, gold, vader_sentiment "
-        "(registered functions)",
+        "(registered functions), or package.module:function",
     ),
     (
         ["method=ppo", "method.kl_estimator=k2"],
         "method.kl_estimator='k2' is invalid: choose one of k1, k3",
+    ),
+    (
+        ["method=ppo", "method.reward=no_such_module:score"],
+        "method.reward='no_such_module:score' is invalid: give package.module:function of an "
+        "importable module",
+    ),
+    (
+        ["+method.trainer_kwargs.no_such_option=1"],
+        "method.trainer_kwargs.no_such_option=1 is invalid: not an option of TRL's RewardConfig",
+    ),
+    (
+        ["method=ppo", "+method.trainer_kwargs.logging_first_step=true"],
+        "method.trainer_kwargs={'logging_first_step': True} is invalid: method=ppo has no TRL "
+        "config",
     ),
     (["eval.temperature=0"], "eval.temperature=0.0 is invalid: must be > 0"),
     (

@@ -183,3 +183,29 @@ def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(tmp_path: Pa
     assert "| dpo | beta=0.1 | 2 |" in report and "| ppo | kl_coef=0.05 | 2 |" in report
     for png in ("frontier.png", "curves.png", "bars.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_methods_quick_preset_reports_every_method(tmp_path: Path):
+    from tests.conftest import run_cli
+
+    result = run_cli("-m", "experiment=methods_quick", f"paths.root_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    arms = ("dpo_beta_0.1", "kto_beta_0.1", "ppo_kl_0.05", "rloo_beta_0.05", "grpo_beta_0.05")
+    expected = {f"arm={arm},seed=0" for arm in (*arms, "bon_n_4")}
+    assert {p.name for p in sweep.iterdir() if p.is_dir()} == expected
+    methods = set()
+    for name in expected:
+        job = json.loads((sweep / name / "metrics.json").read_text())
+        assert "status" not in job, job.get("error")
+        assert job["eval/gold_reward"] == job["eval/gold_reward"]  # evaluated alike, not NaN
+        methods.add(job["method"])
+    assert methods == {"dpo", "kto", "ppo", "rloo", "grpo", "best_of_n"}
+    report = (sweep / "comparison.md").read_text()
+    assert "6 runs, 0 failed" in report
+    for row in ("| dpo | beta=0.1 |", "| kto | beta=0.1 |", "| ppo | kl_coef=0.05 |"):
+        assert row in report, row
+    for row in ("| rloo | beta=0.05 |", "| grpo | beta=0.05 |", "| best_of_n | n=4 |"):
+        assert row in report, row
+    assert (sweep / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

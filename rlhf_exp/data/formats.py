@@ -5,6 +5,7 @@ Every method reads the same three shapes, whatever the source looked like:
     preference    prompt, chosen, rejected    (strings; prompt + chosen is the full text)
     sft           prompt, completion          (strings)
     eval prompts  prompt, reference           (strings; reference may be "")
+    unpaired      prompt, completion, label   (strings and a bool: desirable or not; KTO)
 
 Accepted inputs, after renaming columns with `dataset.columns` (e.g. `{accepted: chosen}`):
 
@@ -321,6 +322,31 @@ def normalize_sft(
     ds = _prepare(ds, columns, split)
     keep, fn = _sft_row_fn(ds.column_names, tokenizer, split, _SFT_EXPECTED)
     return _normalize(ds, keep, fn, SFT_COLUMNS, f"normalising {split}")
+
+
+# ----------------------------------------------------------------------------- unpaired
+UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+
+
+def normalize_unpaired(
+    ds: Dataset, tokenizer: Any, columns: dict[str, str], split: str = "unpaired"
+) -> Dataset:
+    """Rows with exactly prompt, completion (strings, as `normalize_sft` makes them) and label
+    (a bool: whether the completion is desirable), the unpaired feedback KTO learns from."""
+    ds = _prepare(ds, columns, split)
+    if not set(UNPAIRED_COLUMNS) <= set(ds.column_names):
+        raise _columns_error(split, ds.column_names, "prompt/completion/label (label true/false)")
+
+    def row(example: dict[str, Any], index: int) -> dict[str, Any]:
+        if not isinstance(example["label"], bool):
+            raise UserError(
+                f"dataset split {split!r} row {index} column 'label' holds "
+                f"{example['label']!r}; expected true or false"
+            )
+        text = {k: example[k] for k in ("prompt", "completion")}
+        return {**_prompt_completion_row(text, index, tokenizer, split), "label": example["label"]}
+
+    return _normalize(ds, list(UNPAIRED_COLUMNS), row, UNPAIRED_COLUMNS, f"normalising {split}")
 
 
 # ------------------------------------------------------------------------- eval prompts

@@ -56,7 +56,8 @@ from rlhf_exp.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-RAW_SPLITS = ("sft", "sft_eval", "preference", "preference_test", "eval_prompts")
+# `unpaired`: prompt/completion/label rows (formats.normalize_unpaired), read by method=kto
+RAW_SPLITS = ("sft", "sft_eval", "preference", "preference_test", "eval_prompts", "unpaired")
 # Spec fields that never reach the embedded generator; everything else keys its cache, so a
 # field the generator starts to read can only cause a rebuild, never stale rows.
 _NOT_GENERATION_FIELDS = {

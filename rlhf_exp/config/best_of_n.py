@@ -1,0 +1,31 @@
+"""Schema of method=best_of_n (see conf/method/best_of_n.yaml and rlhf_exp/methods/best_of_n.py).
+
+    python run.py --cfg job method=best_of_n method.n=64   # the composed, validated config
+
+Best-of-n trains nothing: the inherited training knobs (learning rate, steps, batch sizes,
+token budget, ...) are unused; they exist so presets like debug=fast apply to every method.
+Sampling follows the shared evaluation's `eval.*` keys (max_new_tokens, temperature,
+batch_size, num_prompts). This module imports no torch (config is validated before anything
+loads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rlhf_exp.config.schema import TrainSpec, _f
+
+
+@dataclass
+class BestOfNSpec(TrainSpec):
+    # The x-axis of a reward/KL frontier; KL(best-of-n || SFT) <= log n - (n-1)/n.
+    KL_KNOB: ClassVar[str | None] = "n"
+
+    name: str = "best_of_n"
+    # Completions sampled from the SFT policy per prompt; the best one is kept. n=1 is the
+    # SFT policy itself.
+    n: int = _f(16, ge=1)
+    # What picks the best: "model" (the learned reward model), "gold" (dataset.gold_reward),
+    # a registered reward function name or package.module:function; as PPO's method.reward.
+    reward: str = "model"
