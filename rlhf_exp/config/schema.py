@@ -266,6 +266,9 @@ class RunConfig:
     # (null: the SFT policy of this model+dataset, from the artifact cache)
     policy_path: str | None = None
     reference_path: str | None = None
+    # Modules imported before anything else, so they can register methods (with their
+    # TrainSpec schema) and reward functions without editing the package.
+    plugins: list[str] = _f([])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -460,12 +463,29 @@ def method_spec(name: str, data: dict[str, Any], prefix: str = "method") -> Trai
     return build(specs[name], data, prefix)
 
 
+def _import_plugins(plugins: Any) -> None:
+    """Import the user's `plugins` modules (they register methods, schemas, rewards)."""
+    import importlib
+
+    plugins = plugins or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError("plugins", plugins, "expected a list of importable module names")
+    for module in plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(
+                "plugins", module, f"could not import it ({err}); is its folder on PYTHONPATH?"
+            ) from None
+
+
 def validate(cfg: Any) -> RunConfig:
     """Typed, checked `RunConfig` from a composed `DictConfig` (or a plain dict)."""
     from omegaconf import DictConfig, OmegaConf
 
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     data = {k: v for k, v in data.items() if k != "hydra"}
+    _import_plugins(data.get("plugins"))
     method_data = data.get("method")
     if not isinstance(method_data, dict):
         raise ConfigError("method", method_data, f"choose one of {', '.join(_method_specs())}")
