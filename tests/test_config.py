@@ -159,3 +159,15 @@ def test_trainer_kwargs_reach_the_trl_config_last(compose_cfg, tmp_path):
     args = trl_config(SFTConfig, run.method, ctx, max_length=run.method.max_length)
     assert args.logging_first_step is True and args.max_grad_norm == 0.5
     assert args.max_length == run.method.max_length
+
+
+def test_sweep_job_dirs_are_one_path_component_even_for_path_overrides():
+    import yaml
+
+    from rlhf_exp.config import path_safe
+
+    assert path_safe("+dataset.data_files.preference=/data/hh/pairs.jsonl,seed=0") == (
+        "+dataset.data_files.preference=_data_hh_pairs.jsonl,seed=0"
+    )
+    hydra = yaml.safe_load((CONF_DIR / "hydra" / "default.yaml").read_text())
+    assert hydra["sweep"]["subdir"] == "${path_safe:${hydra.job.override_dirname}}"
