@@ -193,7 +193,7 @@ def test_methods_quick_preset_reports_every_method(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
     arms = ("dpo_beta_0.1", "kto_beta_0.1", "ppo_kl_0.05", "rloo_beta_0.05", "grpo_beta_0.05")
-    expected = {f"arm={arm},seed=0" for arm in (*arms, "bon_n_4")}
+    expected = {f"arm={arm},seed=0" for arm in (*arms, "online_dpo_beta_0.1", "bon_n_4")}
     assert {p.name for p in sweep.iterdir() if p.is_dir()} == expected
     methods = set()
     for name in expected:
@@ -201,11 +201,13 @@ def test_methods_quick_preset_reports_every_method(tmp_path: Path):
         assert "status" not in job, job.get("error")
         assert job["eval/gold_reward"] == job["eval/gold_reward"]  # evaluated alike, not NaN
         methods.add(job["method"])
-    assert methods == {"dpo", "kto", "ppo", "rloo", "grpo", "best_of_n"}
+    assert methods == {"dpo", "kto", "ppo", "rloo", "grpo", "online_dpo", "best_of_n"}
     report = (sweep / "comparison.md").read_text()
-    assert "6 runs, 0 failed" in report
+    assert "7 runs, 0 failed" in report
     for row in ("| dpo | beta=0.1 |", "| kto | beta=0.1 |", "| ppo | kl_coef=0.05 |"):
         assert row in report, row
-    for row in ("| rloo | beta=0.05 |", "| grpo | beta=0.05 |", "| best_of_n | n=4 |"):
+    for row in ("| rloo | beta=0.05 |", "| grpo | beta=0.05 |", "| online_dpo | beta=0.1 |"):
+        assert row in report, row
+    for row in ("| best_of_n | n=4 |",):
         assert row in report, row
     assert (sweep / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -35,6 +35,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,9 @@ LAST_LOGGED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length
 
 
 # ------------------------------------------------------------------------------- reward
-def _needs(run: RunConfig) -> tuple[str, ...]:
+def online_needs(run: RunConfig) -> tuple[str, ...]:
     """The reward model only when it is the reward or the evaluation scores with it."""
-    spec: OnlineRLSpec = run.method  # type: ignore[assignment]
+    spec = run.method
     return ("sft", "reward") if spec.reward == "model" or run.eval.reward_model else ("sft",)
 
 
@@ -129,7 +130,7 @@ def fit_prompt_texts(
     return texts, [len(ids) for ids in whole], cut
 
 
-def training_prompts(ctx: RunContext, task: Any, tokenizer: Any, spec: OnlineRLSpec) -> Any:
+def training_prompts(ctx: RunContext, task: Any, tokenizer: Any, spec: Any) -> Any:
     """The train set TRL samples from: `prompt` (what the policy continues) and
     `uncut_prompt` (what the reward reads), from the SFT demonstrations' prompts (else the
     preference pairs'), unique and in a stable order, as PPO's. Joins the data report."""
@@ -245,23 +246,36 @@ def online_config(spec: OnlineRLSpec, ctx: RunContext, config_cls: type, pad_id:
     )
 
 
-def _last_logged(trainer: Any) -> dict[str, float]:
-    """The last logged value of each of `LAST_LOGGED` and of the reward's own mean, as
+def _last_logged(trainer: Any, keys: Sequence[str]) -> dict[str, float]:
+    """The last logged value of each of `keys` and of the reward's own mean, as
     `train/<key>` (TensorBoard's names for them)."""
     out: dict[str, float] = {}
     for entry in trainer.state.log_history:
         for key, value in entry.items():
-            wanted = key in LAST_LOGGED or (key.startswith("rewards/") and key.endswith("/mean"))
+            wanted = key in keys or (key.startswith("rewards/") and key.endswith("/mean"))
             if wanted and isinstance(value, (int, float)):
                 out[f"train/{key}"] = float(value)
     return out
 
 
-def run_online(cfg: RunConfig, ctx: RunContext, trainer_cls: type, config_cls: type) -> dict:
-    """Train the SFT policy with `trainer_cls` (RLOO or GRPO), save it, evaluate it."""
+@dataclass(frozen=True)
+class OnlineAlgorithm:
+    """What differs between the TRL online trainers `run_online` drives."""
+
+    trainer_cls: type
+    # (spec, ctx, pad token id) -> the TRL config
+    config: Callable[[Any, RunContext, int], Any]
+    # (spec, optimiser steps taken) -> generations sampled; (args) -> completions in each
+    generations: Callable[[Any, int], int]
+    completions_per_generation: Callable[[Any], int]
+    logged: tuple[str, ...]  # TRL's logged metrics returned as train/<key> (last value)
+
+
+def run_online(cfg: RunConfig, ctx: RunContext, algorithm: OnlineAlgorithm) -> dict:
+    """Train the SFT policy with `algorithm`'s TRL trainer, save it, evaluate it."""
     from rlhf_exp.rewards import get_reward, resolve_reward
 
-    spec: OnlineRLSpec = cfg.method  # type: ignore[assignment]
+    spec = cfg.method
     # None: the learned reward model (the name was checked with the config)
     reward_name = resolve_reward(spec.reward, cfg.dataset.gold_reward)
     init = str(ctx.upstream("sft"))
@@ -269,7 +283,7 @@ def run_online(cfg: RunConfig, ctx: RunContext, trainer_cls: type, config_cls: t
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
     task = ctx.task(tokenizer)
     train = training_prompts(ctx, task, tokenizer, spec)
-    args = online_config(spec, ctx, config_cls, tokenizer.pad_token_id)
+    args = algorithm.config(spec, ctx, tokenizer.pad_token_id)
     score = ctx.reward_scorer(args.device) if reward_name is None else get_reward(reward_name)
     # TRL logs it as rewards/<name>/mean: a registered name, the function of a path, or the RM
     reward = RewardFunction(score, (reward_name or "reward_model").rpartition(":")[2])
@@ -295,7 +309,7 @@ def run_online(cfg: RunConfig, ctx: RunContext, trainer_cls: type, config_cls: t
 
         callbacks.append(HeldOutReward(evaluate, spec.eval_steps, ctx.tracker))
 
-    trainer = trainer_cls(
+    trainer = algorithm.trainer_cls(
         model=model,
         reward_funcs=reward,
         args=args,
@@ -325,15 +339,15 @@ def run_online(cfg: RunConfig, ctx: RunContext, trainer_cls: type, config_cls: t
     )
 
     steps = trainer.state.global_step
-    per_generation = spec.steps_per_generation * spec.num_iterations
-    generations = math.ceil(steps * spec.gradient_accumulation_steps / per_generation)
+    generations = algorithm.generations(spec, steps)
     speed = throughput(trainer, result)
     return {
         "train/loss": result.training_loss,
         "train/prompts": len(train),
         "train/generations": generations,
-        "train/completions": generations * args.generation_batch_size,  # all processes
-        **_last_logged(trainer),
+        # all processes
+        "train/completions": generations * algorithm.completions_per_generation(args),
+        **_last_logged(trainer, algorithm.logged),
         **final,
         "train/global_step": steps,
         **speed,
@@ -346,11 +360,27 @@ def run_online(cfg: RunConfig, ctx: RunContext, trainer_cls: type, config_cls: t
     }
 
 
-@register("rloo", needs=_needs)
+def _group_generations(spec: OnlineRLSpec, steps: int) -> int:
+    """One generation feeds steps_per_generation x num_iterations micro-steps."""
+    per_generation = spec.steps_per_generation * spec.num_iterations
+    return math.ceil(steps * spec.gradient_accumulation_steps / per_generation)
+
+
+def _algorithm(trainer_cls: type, config_cls: type) -> OnlineAlgorithm:
+    return OnlineAlgorithm(
+        trainer_cls=trainer_cls,
+        config=lambda spec, ctx, pad_id: online_config(spec, ctx, config_cls, pad_id),
+        generations=_group_generations,
+        completions_per_generation=lambda args: args.generation_batch_size,
+        logged=LAST_LOGGED,
+    )
+
+
+@register("rloo", needs=online_needs)
 def run_rloo(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    return run_online(cfg, ctx, RLOO, RLOOConfig)
+    return run_online(cfg, ctx, _algorithm(RLOO, RLOOConfig))
 
 
-@register("grpo", needs=_needs)
+@register("grpo", needs=online_needs)
 def run_grpo(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
-    return run_online(cfg, ctx, GRPO, GRPOConfig)
+    return run_online(cfg, ctx, _algorithm(GRPO, GRPOConfig))
