@@ -1,4 +1,4 @@
-"""Generated tokens per second of our PPO trainer against TRL's online trainers, matched settings.
+"""Generated tokens per second of our PPO against our RLOO/GRPO and TRL 1.12's PPO, matched settings.
 
     python benchmarks/ppo_peers.py --quick --threads 1      # smoke test, all peers, 3 reps
     python benchmarks/ppo_peers.py --threads 1              # 10 iterations x 64 prompts, 3 reps
@@ -18,13 +18,15 @@ hits every peer alike; peak RSS per process from `wait4`. Peers:
 | peer | trainer | reward | what is timed |
 |---|---|---|---|
 | ours-gold | `run.py method=ppo method.reward=gold` | VADER gold function | `time/train_s` |
-| rloo | TRL 1.16 `RLOOTrainer` (this Python) | the same function | `train()` |
-| grpo | TRL 1.16 `GRPOTrainer` (this Python) | the same function | `train()` |
+| rloo | `run.py method=rloo method.reward=gold` (TRL 1.16 `RLOOTrainer` inside) | the same function | `time/train_s` |
+| grpo | `run.py method=grpo method.reward=gold` (TRL 1.16 `GRPOTrainer` inside) | the same function | `time/train_s` |
 | ours-rm | `run.py method=ppo method.reward=model` | our reward model | `time/train_s` |
 | trl112-ppo | TRL 1.12 `experimental.ppo.PPOTrainer` (venv) | our reward model | `train()` |
 
-Ratios: ours-gold / rloo (target >= 1.0), ours-rm / trl112-ppo (target >= 1.2), and
-ours-gold / grpo for information. TRL 1.12's PPOTrainer only takes a reward *model*, hence the
+Ratios: ours-gold / rloo and ours-gold / grpo (target >= 1.3, the performance issue's),
+ours-rm / trl112-ppo (target >= 1.2). RLOO and GRPO run through the framework itself, as a
+user runs them (same models, data, reward adapter, throughput keys), so the ratio is what a
+user of `experiment=methods` sees. TRL 1.12's PPOTrainer only takes a reward *model*, hence the
 reward-model pair. Its venv (`benchmarks/peers/.venv-trl112`, git-ignored) is built on first
 use: torch (the CPU build this Python has, pinned first so pip takes no CUDA build), then
 trl==1.12.0 with this Python's transformers and accelerate versions, so only the trainer code
@@ -42,12 +44,12 @@ B / micro optimiser steps on micro-batches of `micro`; default B=64, micro=32, e
   defaults (kl_coef, cliprange, lr, Adam eps), which are passed to the peers too. Periodic
   evaluation and intermediate checkpoints are off (eval_steps/save_steps=100000); the final
   checkpoint save is inside our timed loop (the peers save nothing).
-- RLOO / GRPO: num_generations=2 (TRL's minimum), B/2 unique prompts x 2 samples = B
-  completions per generation (not B unique prompts: they only see the first B/2 of each of our
-  steps' prompts); per_device_train_batch_size=micro, steps_per_generation=B/micro,
+- RLOO / GRPO (`run.py method=rloo|grpo`): num_generations=G (4, conf/method/rloo.yaml's),
+  B/G unique prompts x G samples = B completions per generation, drawn from the same training
+  prompts by TRL's sampler; per_device_train_batch_size=micro, steps_per_generation=B/micro,
   num_iterations=ppo_epochs, max_steps=iterations x epochs x B/micro: the same completions per
-  generation and optimiser steps per generation as ours. beta=kl_coef (GRPO's default 0 would
-  drop the reference model), epsilon=cliprange, lr, adam_epsilon, top_k=0, top_p=1.
+  generation and optimiser steps per generation as ours. beta, epsilon, lr, adam_epsilon,
+  temperature: conf/method/rloo.yaml's and grpo.yaml's, which mirror ppo.yaml's.
   Inherent differences: no critic (ours trains a separate value model), and with
   num_iterations > 1 TRL recomputes the old log-probs in an extra forward pass.
 - TRL 1.12 PPO: per_device_train_batch_size=B with gradient_accumulation_steps=1,
@@ -59,7 +61,7 @@ B / micro optimiser steps on micro-batches of `micro`; default B=64, micro=32, e
   gamma, lam, lr, Adam eps as ours.
 Tokens are counted the same way everywhere: up to and including the first EOS, or the whole
 response if there is none (ours: `throughput/tokens_total`; RLOO/GRPO: lengths of the
-`completion_ids` their reward function gets; TRL 1.12: from the sequences its generate returns).
+`completion_ids` their reward function gets, `throughput/generated_tokens`; TRL 1.12: from the sequences its generate returns).
 
 Caveats. The `debug=fast` SFT policy rarely emits EOS, so nearly every response is the full
 response_length for every peer (TRL 1.12's generated width is 24 of 24): how each trainer
@@ -103,7 +105,7 @@ DEFAULT = dict(
     micro_batch_size=32,
     gradient_accumulation_steps=1,
     temperature=1.0,
-    num_generations=2,
+    num_generations=4,
 )
 QUICK = DEFAULT | dict(iterations=2, rollout_batch_size=16, micro_batch_size=16, ppo_epochs=2)
 # conf/method/ppo.yaml keys handed to the peers so their optimiser and losses match ours
@@ -112,12 +114,12 @@ SHARED_KEYS = ("kl_coef", "cliprange", "cliprange_value", "vf_coef", "gamma", "l
 
 PEERS = {  # name: (label, reward, ratio numerator)
     "ours-gold": ("ours PPO", "gold fn", None),
-    "rloo": ("TRL 1.16 RLOO", "gold fn", "ours-gold"),
-    "grpo": ("TRL 1.16 GRPO", "gold fn", "ours-gold"),
+    "rloo": ("ours RLOO (TRL 1.16 inside)", "gold fn", "ours-gold"),
+    "grpo": ("ours GRPO (TRL 1.16 inside)", "gold fn", "ours-gold"),
     "ours-rm": ("ours PPO", "reward model", None),
     "trl112-ppo": ("TRL 1.12 PPO", "reward model", "ours-rm"),
 }
-TARGETS = {"rloo": 1.0, "trl112-ppo": 1.2}  # ours / peer, from the issue
+TARGETS = {"rloo": 1.3, "grpo": 1.3, "trl112-ppo": 1.2}  # ours / peer, from the issues
 
 
 # ------------------------------------------------------------------------------ process
@@ -238,16 +240,47 @@ def run_ours(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> d
     }
 
 
-def run_trl(
-    peer: str, s: dict, work: Path, tag: str, env: dict[str, str], venv_python: Path | None
-) -> dict:
-    out = work / "runs" / f"{tag}_{peer}"
-    if peer == "trl112-ppo":
-        args = [str(venv_python), str(PEERS_DIR / "trl112_ppo.py")]
-    else:
-        args = [sys.executable, str(PEERS_DIR / "trl_online.py"), "--trainer", peer]
+def run_online(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> dict:
+    """`run.py method=rloo|grpo` on the same models and gold reward, matched sizes."""
+    B, micro, G = s["rollout_batch_size"], s["micro_batch_size"], s["num_generations"]
+    run_dir = work / "runs" / f"{tag}_{peer}"
+    args = [sys.executable, "run.py", f"method={peer}", "debug=fast", "logger=none"]
+    args += [f"seed={s['seed']}", f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
+    args += [f"upstream.sft.path={s['policy']}", f"upstream.reward.path={s['reward_model']}"]
+    args += [
+        "method.reward=gold",
+        f"method.max_steps={s['iterations'] * s['ppo_epochs'] * B // micro}",
+        f"method.num_generations={G}",
+        f"method.per_device_train_batch_size={micro}",
+        f"method.steps_per_generation={B // micro}",
+        f"method.num_iterations={s['ppo_epochs']}",
+        f"method.max_completion_length={s['response_length']}",
+        f"method.temperature={s['temperature']}",
+        "method.eval_steps=100000",  # no periodic evaluation inside the timed loop
+        "method.save_steps=100000",
+        "eval.num_prompts=8",  # the final evaluation runs after the timed loop
+        "eval.greedy=false",
+        "eval.reward_model=false",
+    ]
+    rss = run_child(args, work / "logs" / f"{tag}_{peer}.log", env)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    if m.get("status") == "failed":
+        raise RuntimeError(f"{peer} failed: {m.get('error')}")
+    tokens, seconds = m["throughput/generated_tokens"], m["time/train_s"]
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_mb": rss,
+        "generations": m.get("train/generations"),
+    }
+
+
+def run_trl112(s: dict, work: Path, tag: str, env: dict[str, str], venv_python: Path) -> dict:
+    out = work / "runs" / f"{tag}_trl112-ppo"
+    args = [str(venv_python), str(PEERS_DIR / "trl112_ppo.py")]
     args += ["--settings", str(work / "settings.json"), "--output-dir", str(out)]
-    log = work / "logs" / f"{tag}_{peer}.log"
+    log = work / "logs" / f"{tag}_trl112-ppo.log"
     quiet = {"TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
     rss = run_child(args, log, env | quiet | {"HF_HUB_OFFLINE": "1"})
     r = result_line(log)
@@ -301,8 +334,10 @@ def main() -> None:
         load = os.getloadavg()[0]
         if peer.startswith("ours-"):
             r = run_ours(peer, s, work, tag, env)
+        elif peer == "trl112-ppo":
+            r = run_trl112(s, work, tag, env, venv_python)
         else:
-            r = run_trl(peer, s, work, tag, env, venv_python)
+            r = run_online(peer, s, work, tag, env)
         return r | {"loadavg_1m_before": load, "loadavg_1m_after": os.getloadavg()[0]}
 
     started = time.perf_counter()
