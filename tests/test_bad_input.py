@@ -50,8 +50,8 @@ CASES = [
         "method.max_length=4096 is invalid: must be <= model.tiny.n_positions=128",
     ),
     (
-        ["eval.max_new_tokens=100000"],
-        "eval.max_new_tokens=100000 is invalid: must be < model.tiny.n_positions=128 (room for "
+        ["eval.max_new_tokens=1000"],
+        "eval.max_new_tokens=1000 is invalid: must be < model.tiny.n_positions=128 (room for "
         "the prompt)",
     ),
     (
@@ -124,11 +124,13 @@ CASES = [
     (["eval.temperature=0"], "eval.temperature=0.0 is invalid: must be > 0"),
     (
         ["resume_from=/nonexistent/ckpt"],
-        "resume_from='/nonexistent/ckpt' is invalid: 'latest' or an existing checkpoint dir",
+        "resume_from='/nonexistent/ckpt' is invalid: does not exist; expected 'latest' or an "
+        "existing checkpoint dir",
     ),
     (
         ["upstream.sft.path=/nonexistent/sft"],
-        "upstream.sft.path='/nonexistent/sft' is invalid: not a directory (a saved model dir)",
+        "upstream.sft.path='/nonexistent/sft' is invalid: does not exist; expected a saved model "
+        "dir (with config.json)",
     ),
     (
         ["+upstream.sft.overrides.learning_rate=-1"],
@@ -140,21 +142,256 @@ CASES = [
     ),
     (
         ["method=eval", "policy_path=/nonexistent/model"],
-        "policy_path='/nonexistent/model' is invalid: a saved model dir (with config.json)",
+        "policy_path='/nonexistent/model' is invalid: does not exist; expected a saved model dir "
+        "(with config.json)",
     ),
-    (["method=sft", "policy_path=some/model"], None),  # Hydra: only method=eval has the key
+    (  # Hydra rejects it while composing (only method=eval has the key): run.py reports it
+        ["method=sft", "policy_path=some/model"],
+        "policy_path='some/model' is invalid: not a key of this config; check its spelling, or "
+        "choose the group option that defines it",
+    ),
+    (["lora=[1,2]"], "lora=[1, 2] is invalid: choose one of default, none"),  # Hydra: TypeError
 ]
 
 
 @pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_leaves_the_cache_alone(
-    tmp_path: Path, args: list[str], expected: str | None
+    tmp_path: Path, args: list[str], expected: str
 ):
     result = run_cli(f"paths.root_dir={tmp_path}", *args)
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "outputs" / "cache").exists()  # nothing was built or cached
-    if expected is None:  # rejected by Hydra itself while composing: its own message
-        assert result.returncode == 1 and "policy_path" in result.stderr
-        return
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: {expected}"
+
+
+# ------------------------------------------------------------------------------------------
+# The same contract for the cases of issue 18, in-process: `runner.main` as run.py calls it
+# (and run.py's handling of what Hydra cannot compose), without a subprocess per case.
+def _run_main(overrides: list[str], root: Path, capsys: pytest.CaptureFixture) -> list[str]:
+    """stderr lines of `python run.py OVERRIDES` run in this process; asserts exit code 2."""
+    from rlhf_exp.runner import main
+    from tests.conftest import compose_config
+
+    cfg = compose_config(overrides, root)
+    with pytest.raises(SystemExit) as exit_:
+        main(cfg)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    return err.strip().splitlines()
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> dict[str, str]:
+    """Paths the cases name: a plain file, model dirs with pickled weights, a checkpoint."""
+    import torch
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a dir\n")
+    out = {"file": str(plain)}
+    for name, payload in (("benign", torch.zeros(2)), ("evil", print)):
+        model = tmp_path / f"{name}_model"
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+        torch.save({"weight": torch.zeros(2), "x": payload}, model / "pytorch_model.bin")
+        out[f"{name}_model"] = str(model)
+    checkpoint = tmp_path / "checkpoint-10"
+    checkpoint.mkdir()
+    torch.save({"state": {}, "hook": print}, checkpoint / "optimizer.pt")
+    out["evil_checkpoint"] = str(checkpoint)
+    return out
+
+
+# (overrides, the line's start: "<key>=<value> is invalid: ", and what it says is valid)
+FOUND = [
+    (["seed=-1"], "seed=-1", "must be >= 0 (a seed is a 32-bit unsigned int)"),
+    (["seed=1180591620717411303424"], "seed=1180591620717411303424", "must be <= 4294967295"),
+    (["method.num_train_epochs=inf"], "method.num_train_epochs=inf", "must be a finite number"),
+    (["method.weight_decay=inf"], "method.weight_decay=inf", "must be a finite number"),
+    (["method.learning_rate=nan"], "method.learning_rate=nan", "must be a finite number"),
+    (
+        ["method=ppo", "method.missing_eos_penalty=inf"],
+        "method.missing_eos_penalty=inf",
+        "must be a finite number",
+    ),
+    (["method=dpo", "method.beta=inf"], "method.beta=inf", "must be a finite number"),
+    (["eval.max_new_tokens=100000"], "eval.max_new_tokens=100000", "must be <= 65536"),
+    (
+        ["method=ppo", "method.rollout_batch_size=1000000000"],
+        "method.rollout_batch_size=1000000000",
+        "must be <= 65536",
+    ),
+    (
+        ["model.tiny.n_positions=64"],
+        "method.max_length=128",
+        "must be <= model.tiny.n_positions=64",
+    ),
+    (["dataset.n_sft=1"], "dataset.n_sft=1", "must be >= 2 (one row to train on and one held"),
+    (
+        ["paths.cache_dir=/dev/null"],
+        "paths.cache_dir='/dev/null'",
+        "is a character device, not a regular file or directory; expected a directory",
+    ),
+    (["paths.cache_dir={file}"], "paths.cache_dir='{file}'", "is a file; expected a directory"),
+    (["resume_from={file}"], "resume_from='{file}'", "is a file; expected 'latest' or an"),
+    (
+        ["resume_from={evil_checkpoint}"],
+        "resume_from='{evil_checkpoint}'",
+        "refused {evil_checkpoint}/optimizer.pt: it pickles builtins.print, not just tensors",
+    ),
+    (
+        ["model.name_or_path={benign_model}"],
+        "model.name_or_path='{benign_model}'",
+        "its weights are a pickle (pytorch_model.bin) and no .safetensors: refused",
+    ),
+    (
+        ["model.name_or_path={evil_model}", "model.allow_pickle_weights=true"],
+        "model.name_or_path='{evil_model}'",
+        "refused {evil_model}/pytorch_model.bin: it pickles builtins.print",
+    ),
+    (
+        ["method=eval", "policy_path={file}"],
+        "policy_path='{file}'",
+        "is a file; expected a saved model dir",
+    ),
+    (
+        ["dataset=files", "+dataset.data_files.preference=/dev/null"],
+        "dataset.data_files.preference='/dev/null'",
+        "is a character device",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "start", "valid"), FOUND, ids=[" ".join(a) for a, *_ in FOUND])
+def test_found_cases_are_one_line_exit_2_and_build_nothing(
+    tmp_path: Path, capsys, made, args: list[str], start: str, valid: str
+):
+    lines = _run_main([a.format(**made) for a in args], tmp_path, capsys)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {start.format(**made)} is invalid: ")
+    assert valid.format(**made) in lines[0]
+    assert not (tmp_path / "outputs" / "cache").exists()
+
+
+# Overrides Hydra cannot apply: run.py turns its error into the same one line.
+COMPOSE = [
+    (["lora=[1,2]"], "error: lora=[1, 2] is invalid: choose one of default, none"),
+    (
+        ["dataset=files", "+dataset.columns=[a,b]"],
+        "error: dataset.columns=['a', 'b'] is invalid: expected a mapping, got a list",
+    ),
+    (["+seed=3"], "error: seed=3 is invalid: it is already a key of the config"),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), COMPOSE, ids=[" ".join(a) for a, _ in COMPOSE])
+def test_overrides_hydra_cannot_compose_are_one_line_exit_2(
+    tmp_path: Path, capsys, monkeypatch, args: list[str], line: str
+):
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlhf_exp.config.overrides import run_reporting_bad_overrides
+    from rlhf_exp.context import CONF_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def never_runs(cfg) -> None:
+        raise AssertionError("composed a config that should have been refused")
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored after the test
+    monkeypatch.setattr("sys.argv", ["run.py", f"paths.root_dir={tmp_path}", *args])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_reporting_bad_overrides(never_runs, CONF_DIR)
+    finally:
+        GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().startswith(line), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_errors_inside_the_job_are_not_reported_as_bad_overrides(monkeypatch):
+    from rlhf_exp.config.overrides import run_reporting_bad_overrides
+
+    def run_job() -> None:  # Hydra's name for the frame that runs the task function
+        raise RuntimeError("a bug")
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_reporting_bad_overrides(run_job, Path("conf"))
+
+    def callback_after_the_jobs() -> None:  # e.g. the comparison report of a sweep
+        raise ValueError("not a command-line error")
+
+    with pytest.raises(ValueError, match="not a command-line"):
+        run_reporting_bad_overrides(callback_after_the_jobs, Path("conf"))
+
+
+# Data that cannot train: refused before any stage trains, with a count and the knob.
+def _pairs(path: Path, rows: list[dict[str, str]]) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _data_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    same = " ".join(["the film was long and slow"] * 6)
+    ties = [{"prompt": f"Review {i}:", "chosen": " fine.", "rejected": " fine."} for i in range(40)]
+    cut = [
+        {"prompt": f"Review {i}:", "chosen": f"{same} great.", "rejected": f"{same} awful."}
+        for i in range(40)
+    ]
+    one_text = [
+        {"chosen": f"Review {i}: fine.", "rejected": f"Review {i}: fine."} for i in range(9)
+    ]
+    files = ["method=dpo", "dataset=files"]
+    return {
+        "all ties": (
+            [*files, f"+dataset.data_files.preference={_pairs(tmp / 'ties.jsonl', ties)}"],
+            "error: dataset split 'pref_train': all 36 pairs have the same text as chosen and "
+            "rejected: no preference for method=dpo to learn",
+        ),
+        "cutting leaves only ties": (
+            [
+                *files,
+                f"+dataset.data_files.preference={_pairs(tmp / 'cut.jsonl', cut)}",
+                "method.max_length=16",
+                "method.max_completion_length=8",
+            ],
+            "error: dataset split 'pref_train': none of its 36 rows is usable (36 pairs have "
+            "identical chosen and rejected after tokenising and cutting to the token budget); "
+            "check the data, or raise method.max_length / method.max_completion_length",
+        ),
+        "one text, no prompt column": (
+            [*files, f"+dataset.data_files.preference={_pairs(tmp / 'one.jsonl', one_text)}"],
+            "error: dataset split 'preference': all 9 rows have the same text as chosen and "
+            "rejected and no prompt column",
+        ),
+        "a gold margin no pair reaches": (
+            ["method=dpo", "dataset.min_gold_margin=1.99", "dataset.n_pairs=200"],
+            "error: dataset.min_gold_margin=1.99 is invalid: 0 of 1104 candidate pairs have "
+            "gold scores that far apart (dataset.n_pairs=200 asked for); lower it",
+        ),
+    }
+
+
+DATA_CASES = ["all ties", "cutting leaves only ties", "one text, no prompt column"]
+DATA_CASES += ["a gold margin no pair reaches"]
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_data_that_cannot_train_is_refused_before_any_stage_trains(
+    tmp_path: Path, capsys, case: str
+):
+    args, line = _data_cases(tmp_path)[case]
+    lines = _run_main(["debug=fast", *args], tmp_path, capsys)
+    # stderr also holds the progress bars of what ran first (tokenizer, loading): the report
+    # itself is the one last line
+    assert lines[-1].startswith(line), lines[-1]
+    assert sum(ln.startswith("error:") for ln in lines) == 1
+    assert not any("Traceback" in ln for ln in lines)
+    cache = tmp_path / "outputs" / "cache"
+    assert not any((cache / stage).exists() for stage in ("sft", "reward", "dpo")), [
+        p.name for p in cache.iterdir()
+    ]

@@ -84,7 +84,7 @@ def test_missing_paths_fail_before_loading(compose_cfg, tmp_path: Path):
     with pytest.raises(ConfigError, match=r"dataset.data_files.preference=.*no such file"):
         check_paths(run)
     run = validate(compose_cfg(f"upstream.sft.path={tmp_path}/nowhere"))
-    with pytest.raises(ConfigError, match=r"upstream.sft.path=.*not a directory"):
+    with pytest.raises(ConfigError, match=r"upstream.sft.path=.*does not exist"):
         check_paths(run)
 
 

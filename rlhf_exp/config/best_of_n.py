@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf_exp.config.schema import TrainSpec, _f
+from rlhf_exp.config.schema import BATCH, MAX_BATCH, TrainSpec, _f
+from rlhf_exp.errors import ConfigError
 
 
 @dataclass
@@ -25,7 +26,21 @@ class BestOfNSpec(TrainSpec):
     name: str = "best_of_n"
     # Completions sampled from the SFT policy per prompt; the best one is kept. n=1 is the
     # SFT policy itself.
-    n: int = _f(16, ge=1)
+    n: int = _f(16, ge=1, le=MAX_BATCH, why_high=BATCH)
     # What picks the best: "model" (the learned reward model), "gold" (dataset.gold_reward),
     # a registered reward function name or package.module:function; as PPO's method.reward.
     reward: str = "model"
+    # The whole curve n = 1..curve_max_n instead of one n (Gao et al. 2022): curve_max_n
+    # samples per prompt, once, and the unbiased estimate of best-of-n's gold and proxy score
+    # for every n from them (metrics.json: curve/n, curve/kl, curve/gold, curve/proxy); the
+    # eval/* keys are then the curve's values at `n`. null: one n, the full evaluation.
+    curve_max_n: int | None = _f(None, ge=1, le=MAX_BATCH, why_high=BATCH)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.curve_max_n is not None and self.n > self.curve_max_n:
+            raise ConfigError(
+                "method.n",
+                self.n,
+                f"must be <= method.curve_max_n={self.curve_max_n} (read off the curve)",
+            )

@@ -21,6 +21,7 @@ import glob
 import os
 from pathlib import Path
 
+from rlhf_exp.config.model_files import kind
 from rlhf_exp.errors import ConfigError
 
 # Extension -> `datasets` builder name. Text formats may also be gzipped (`.jsonl.gz`, as the
@@ -82,8 +83,10 @@ def resolve_data_files(key: str, value: str) -> list[Path]:
                 key, value, f"unknown extension {extension(path)!r}; use one of {_VALID}"
             )
         files = [path]
-    else:
+    elif not path.exists() and not path.is_symlink():
         raise ConfigError(key, value, "no such file")
+    else:  # a device such as /dev/null, a pipe, a broken symlink
+        raise ConfigError(key, value, f"{kind(path)}; expected a data file, a directory or a glob")
     files.sort()
     if len({file_format(p) for p in files}) > 1:
         mixed = sorted({extension(p) for p in files})

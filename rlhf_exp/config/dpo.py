@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf_exp.config.schema import TrainSpec, _f
+from rlhf_exp.config.schema import BATCH, MAX_BATCH, TrainSpec, _f
 from rlhf_exp.errors import ConfigError
 
 # TRL 1.16's loss types for paired preferences. Left out: "sft" (plain NLL on chosen, not a
@@ -41,6 +41,7 @@ SMOOTHED_LOSSES = ("robust", "exo_pair", "aot")
 class DPOSpec(TrainSpec):
     KL_KNOB: ClassVar[str | None] = "beta"  # the x-axis of a reward/KL frontier
     TRL_CONFIG: ClassVar[str | None] = "trl:DPOConfig"
+    TRAINS_ON_PAIRS: ClassVar[bool] = True
 
     name: str = "dpo"
     learning_rate: float = _f(1e-4, gt=0, le=1)
@@ -54,7 +55,8 @@ class DPOSpec(TrainSpec):
     # Reference log-probs computed once before training; the reference then never runs again
     # (and, without LoRA, is never held in memory next to the policy).
     precompute_ref_log_probs: bool = True
-    precompute_ref_batch_size: int | None = _f(None, ge=1)  # null: the train/eval batch size
+    # null: the train/eval batch size
+    precompute_ref_batch_size: int | None = _f(None, ge=1, le=MAX_BATCH, why_high=BATCH)
 
     def __post_init__(self) -> None:
         super().__post_init__()

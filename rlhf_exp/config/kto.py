@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf_exp.config.schema import TrainSpec, _f
+from rlhf_exp.config.schema import BATCH, MAX_BATCH, TrainSpec, _f
 from rlhf_exp.errors import ConfigError
 
 
@@ -19,6 +19,8 @@ from rlhf_exp.errors import ConfigError
 class KTOSpec(TrainSpec):
     KL_KNOB: ClassVar[str | None] = "beta"  # the x-axis of a reward/KL frontier
     TRL_CONFIG: ClassVar[str | None] = "trl:KTOConfig"  # what method.trainer_kwargs feed
+    # TRAINS_ON_PAIRS stays False: KTO reads an unpaired split when the data has one, so it
+    # checks its own rows (methods/kto.py); its reward-model stage is checked up front.
 
     name: str = "kto"
     learning_rate: float = _f(1e-4, gt=0, le=1)
@@ -36,7 +38,8 @@ class KTOSpec(TrainSpec):
     undesirable_weight: float | None = _f(None, gt=0)
     # Reference log-probs (of each row and of its KL row) computed once before training.
     precompute_ref_log_probs: bool = True
-    precompute_ref_batch_size: int | None = _f(None, ge=1)  # null: the train/eval batch size
+    # null: the train/eval batch size
+    precompute_ref_batch_size: int | None = _f(None, ge=1, le=MAX_BATCH, why_high=BATCH)
 
     def __post_init__(self) -> None:
         super().__post_init__()

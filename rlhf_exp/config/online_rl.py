@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf_exp.config.schema import TrainSpec, _f
+from rlhf_exp.config.schema import BATCH, MAX_BATCH, TrainSpec, _f
 from rlhf_exp.errors import ConfigError
 
 # GRPO loss aggregations that need no further knobs (TRL 1.16 also has cispo, sapo, luspo and
@@ -62,7 +62,8 @@ class OnlineRLSpec(TrainSpec):
     # reward: "model" (learned RM), "gold" (dataset.gold_reward), a registered reward name, or
     # package.module:function (rewards.resolve_reward)
     reward: str = "model"
-    num_generations: int = _f(4, ge=2)  # completions per prompt: the group of the baseline
+    # completions per prompt: the group of the baseline
+    num_generations: int = _f(4, ge=2, le=MAX_BATCH, why_high=BATCH)
     steps_per_generation: int = _f(2, ge=1)  # micro-batches each generation is cut into
     num_iterations: int = _f(4, ge=1)  # passes over each generation (PPO's ppo_epochs)
     beta: float = _f(0.05, ge=0)

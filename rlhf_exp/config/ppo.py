@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf_exp.config.schema import TrainSpec, _f
+from rlhf_exp.config.schema import BATCH, MAX_BATCH, MAX_TOKENS, TOKENS, TrainSpec, _f
 from rlhf_exp.errors import ConfigError
 
 
@@ -42,8 +42,10 @@ class PPOSpec(TrainSpec):
     max_steps: int = _f(30, ge=-1)
     per_device_train_batch_size: int = _f(32, ge=1)
     # rollout
-    rollout_batch_size: int = _f(64, ge=1)  # prompts per rollout per process
-    response_length: int = _f(24, ge=1)  # max new tokens sampled per prompt
+    # prompts per rollout per process
+    rollout_batch_size: int = _f(64, ge=1, le=MAX_BATCH, why_high=BATCH)
+    # max new tokens sampled per prompt
+    response_length: int = _f(24, ge=1, le=MAX_TOKENS, why_high=TOKENS)
     temperature: float = _f(1.0, gt=0)
     missing_eos_penalty: float | None = _f(None, ge=0)  # subtracted from the score
     # reward: "model" (learned RM), "gold" (dataset.gold_reward), or a registered reward name

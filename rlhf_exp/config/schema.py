@@ -4,15 +4,26 @@ YAML under `conf/` is the source of truth; these dataclasses give it types, rang
 cross-field rules. `validate(cfg)` turns a composed `DictConfig` into a `RunConfig` or raises
 `ConfigError` naming the key, the bad value and what is valid. This module imports torch only
 to settle `model.precision=auto` for this machine (in `validate`, so that every later step,
-cache keys included, sees the precision the run really uses).
+cache keys included, sees the precision the run really uses), and in `check_paths` to scan the
+pickle files a path holds without loading them (`model_files.py`).
 
-Range rules live in field metadata: `gt`/`ge`/`lt`/`le` bounds and `choices`.
+Range rules live in field metadata: `gt`/`ge`/`lt`/`le` bounds and `choices` (plus `why`, a
+reason shown with a broken bound, and `path`, a path whose `~` is expanded; see `_f`). Rules by
+type hold for every field without being written down (`_check_rules`): a float must be finite
+(`nan` never passes; `inf` only with `allow_inf=True`), and an int without bounds of its own must
+fit in int32, what torch, numpy and the tokenizers take. Sizes that a process allocates or loops
+over at once (token lengths, batches, generated rows) get tighter caps, `MAX_TOKENS`,
+`MAX_BATCH` and `MAX_ROWS`: past them a run does not fail, it allocates until it hangs or is
+killed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import operator
+import os
 import re
 import types
 import typing
@@ -20,13 +31,33 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rlhf_exp.config.data_files import resolve_data_files
+from rlhf_exp.config.model_files import kind, pickled_weights, unsafe_pickles
 from rlhf_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
+# Bounds of every int field that sets none of its own (int32): larger values overflow in
+# torch, numpy and the tokenizers, or mean a run that never ends.
+INT_MAX = 2**31 - 1
+# numpy, which transformers' set_seed seeds, takes seeds in [0, 2**32 - 1].
+SEED_RULES: dict[str, Any] = {"ge": 0, "le": 2**32 - 1, "why": "a seed is a 32-bit unsigned int"}
+# Caps of what one process holds or generates at once: tokens of one sequence (a 64k context
+# is far beyond anything this project runs on CPU), items of one batch or rollout, and rows the
+# embedded generator writes. Above these a run allocates until it hangs or is killed.
+MAX_TOKENS = 2**16
+MAX_BATCH = 2**16
+MAX_ROWS = 10**6
+TOKENS = "longer sequences would not fit in memory"
+BATCH = "larger batches would not fit in memory"
+ROWS = "more rows would take hours to generate or score"
+HELD_OUT = "one row to train on and one held out"
+
+
 def _f(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
-    """A dataclass field with range rules (`gt`, `ge`, `lt`, `le`, `choices`) in its metadata."""
+    """A dataclass field with rules in its metadata: `gt`, `ge`, `lt`, `le`, `choices`,
+    `allow_inf`, `why` (shown with a broken bound; `why_low`/`why_high` for one side only)
+    and `path` (expand `~`)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=rules)
     return field(default=default, metadata=rules)
@@ -37,11 +68,12 @@ def _f(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
 class TinySpec:
     """Shape of the GPT-2-style model built from config when `model.name_or_path` is null."""
 
-    n_layer: int = _f(2, ge=1)
-    n_head: int = _f(4, ge=1)
-    n_embd: int = _f(128, ge=8)
-    n_positions: int = _f(128, ge=16)
-    vocab_size: int = _f(2048, ge=300)  # byte-level BPE needs the 256 bytes plus merges
+    # Caps: a "tiny" model past them would not fit in memory or take hours to build.
+    n_layer: int = _f(2, ge=1, le=256)
+    n_head: int = _f(4, ge=1, le=1024)
+    n_embd: int = _f(128, ge=8, le=2**15)
+    n_positions: int = _f(128, ge=16, le=MAX_TOKENS, why_high=TOKENS)
+    vocab_size: int = _f(2048, ge=300, le=2**18)  # byte-level BPE: the 256 bytes plus merges
 
 
 @dataclass
@@ -55,6 +87,10 @@ class ModelSpec:
     # over bf16 on the hardware that has both.
     precision: str = _f("fp32", choices=["fp32", "bf16", "auto"])
     trust_remote_code: bool = False
+    # Weights in pickle files (pytorch_model.bin) load only when this is true: unpickling a
+    # file can run code, safetensors cannot (README, Safety). Even then a pickle that holds
+    # anything but tensors is refused.
+    allow_pickle_weights: bool = False
     lora_target_modules: list[str] = _f(["c_attn", "c_proj", "c_fc"])
     tiny: TinySpec = field(default_factory=TinySpec)
 
@@ -62,7 +98,7 @@ class ModelSpec:
 @dataclass
 class LoraSpec:
     enabled: bool = False
-    r: int = _f(16, ge=1)
+    r: int = _f(16, ge=1, le=2**14)  # beyond any layer's width
     alpha: float = _f(32.0, gt=0)
     dropout: float = _f(0.0, ge=0, lt=1)
 
@@ -75,25 +111,36 @@ DATA_SPLITS = ("sft", "sft_eval", "preference", "preference_test", "eval_prompts
 class DatasetSpec:
     name: str = "sentiment"
     source: str = _f("embedded", choices=["embedded", "files", "hub"])
-    seed: int = 0
+    seed: int = _f(0, **SEED_RULES)
     # Name of a registered reward function that scores completions against ground truth.
     gold_reward: str | None = "vader_sentiment"
     # Rename map applied before normalising, e.g. {accepted: chosen}.
     columns: dict[str, str] = _f({})
     test_fraction: float = _f(0.05, gt=0, lt=1)
-    n_eval_prompts: int = _f(256, ge=1)
-    # embedded generator
-    n_sft: int = _f(20000, ge=1)
-    n_pairs: int = _f(10000, ge=1)
+    n_eval_prompts: int = _f(256, ge=1, le=MAX_ROWS, why_high=ROWS)
+    # embedded generator; at least 2 rows each: one to train on, one held out
+    n_sft: int = _f(20000, ge=2, le=MAX_ROWS, why_low=HELD_OUT, why_high=ROWS)
+    n_pairs: int = _f(10000, ge=2, le=MAX_ROWS, why_low=HELD_OUT, why_high=ROWS)
+    # Gold scores are VADER compounds in [-1, 1]; a margin the generator's pairs almost never
+    # reach leaves no pairs (refused with a count when the data is built).
     min_gold_margin: float = _f(0.1, ge=0, lt=2)
     # Token budget of this data's texts: the methods' max_length / max_completion_length (and
     # the tiny model's positions) default to these, so long dialogues get room by default.
-    max_length: int = _f(128, ge=8)
-    max_completion_length: int = _f(64, ge=1)
+    max_length: int = _f(128, ge=8, le=MAX_TOKENS, why_high=TOKENS)
+    max_completion_length: int = _f(64, ge=1, le=MAX_TOKENS, why_high=TOKENS)
     # Processes for tokenising (datasets' map num_proc); null: one. Pays off above ~50k rows.
-    num_proc: int | None = _f(None, ge=1)
+    num_proc: int | None = _f(None, ge=1, le=256)
     # Default of the trainers' method.group_by_length: on for long-tailed lengths (dialogues).
     group_by_length: bool = False
+    # Preference labels (rlhf_exp/data/policy_pairs.py): where pairs come from (the data's own
+    # pairs, or two samples of the SFT policy per prompt labelled by the gold reward), how many
+    # labels every method may use (null: all), and label noise (bt: Bradley-Terry sampled at
+    # label_temperature; none: the higher gold score wins).
+    pairs: str = _f("generator", choices=["generator", "policy"])
+    n_labels: int | None = _f(None, ge=1, le=MAX_ROWS, why_high=ROWS)
+    label_noise: str = _f("none", choices=["none", "bt"])
+    label_temperature: float = _f(0.1, gt=0, le=100)
+    pair_max_new_tokens: int = _f(24, ge=1, le=MAX_TOKENS, why_high=TOKENS)
     # source=files: split name -> a .jsonl/.json/.csv/.parquet file, a directory of them or
     # a glob (data_files.py)
     data_files: dict[str, str] = _f({})
@@ -115,16 +162,16 @@ class TrainSpec:
 
     name: str = ""
     learning_rate: float = _f(5e-4, gt=0, le=1)
-    num_train_epochs: float = _f(1.0, gt=0)
+    num_train_epochs: float = _f(1.0, gt=0, le=10**4, why_high="more would never end")
     max_steps: int = _f(-1, ge=-1)  # -1: num_train_epochs decides
-    per_device_train_batch_size: int = _f(32, ge=1)
-    per_device_eval_batch_size: int = _f(64, ge=1)
-    gradient_accumulation_steps: int = _f(1, ge=1)
+    per_device_train_batch_size: int = _f(32, ge=1, le=MAX_BATCH, why_high=BATCH)
+    per_device_eval_batch_size: int = _f(64, ge=1, le=MAX_BATCH, why_high=BATCH)
+    gradient_accumulation_steps: int = _f(1, ge=1, le=MAX_BATCH)
     # Token budget (rlhf_exp/data/tokens.py): prompt + completion <= max_length; a completion
     # keeps its first max(max_completion_length, max_length - prompt) tokens, the prompt its
     # last ones (cut from the left). The YAML takes both from the dataset group.
-    max_length: int = _f(128, ge=8)
-    max_completion_length: int = _f(64, ge=1)
+    max_length: int = _f(128, ge=8, le=MAX_TOKENS, why_high=TOKENS)
+    max_completion_length: int = _f(64, ge=1, le=MAX_TOKENS, why_high=TOKENS)
     lr_scheduler_type: str = _f(
         "cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"]
     )
@@ -134,7 +181,7 @@ class TrainSpec:
     logging_steps: int = _f(10, ge=1)
     eval_steps: int = _f(100, ge=1)
     save_steps: int = _f(500, ge=1)  # checkpoint (weights, optimiser, RNG) every N steps
-    max_eval_samples: int = _f(512, ge=1)
+    max_eval_samples: int = _f(512, ge=1, le=MAX_ROWS, why_high=ROWS)
     # Batches of similar lengths (less padding; order less random within a few batches).
     group_by_length: bool = False
     # torch.compile the model (transformers' `torch_compile`); pays compile time up front.
@@ -144,6 +191,9 @@ class TrainSpec:
     trainer_kwargs: dict[str, Any] = _f({})
     # "module:Class" of the TRL config `trainer_kwargs` feed; None: the method has none.
     TRL_CONFIG: ClassVar[str | None] = None
+    # Trains on preference pairs (pref_train, pref_test): before any stage of a run trains,
+    # its pairs must survive tokenising and cutting to this method's budget (data/checks.py).
+    TRAINS_ON_PAIRS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.max_completion_length >= self.max_length:
@@ -166,6 +216,7 @@ class SFTSpec(TrainSpec):
 @dataclass
 class RewardSpec(TrainSpec):
     TRL_CONFIG: ClassVar[str | None] = "trl:RewardConfig"
+    TRAINS_ON_PAIRS: ClassVar[bool] = True
 
     name: str = "reward"
     learning_rate: float = _f(1e-3, gt=0, le=1)
@@ -211,11 +262,11 @@ class EvalMethodSpec(TrainSpec):
 class EvalSpec:
     """End-of-run evaluation on the held-out prompts, shared by every policy method."""
 
-    max_new_tokens: int = _f(24, ge=1)
+    max_new_tokens: int = _f(24, ge=1, le=MAX_TOKENS, why_high=TOKENS)
     temperature: float = _f(1.0, gt=0)
     greedy: bool = True  # also report greedy decoding (eval/greedy/*) next to sampling
-    batch_size: int = _f(64, ge=1)
-    num_prompts: int | None = _f(None, ge=1)  # null: every held-out prompt
+    batch_size: int = _f(64, ge=1, le=MAX_BATCH, why_high=BATCH)
+    num_prompts: int | None = _f(None, ge=1, le=MAX_ROWS, why_high=ROWS)  # null: every held-out one
     # also score completions with the learned reward model of the same model+dataset (from
     # the artifact cache, trained there first if missing), for eval/rm_reward and win_rate_rm
     reward_model: bool = True
@@ -226,23 +277,23 @@ class EvalSpec:
 class StageSource:
     """Where an upstream stage's artifact comes from: `path`, else the cache (built on a miss)."""
 
-    path: str | None = None
+    path: str | None = _f(None, path=True)
     overrides: dict[str, Any] = _f({})  # method keys for that stage, e.g. {max_steps: 200}
 
 
 @dataclass
 class UpstreamSpec:
-    seed: int = 0  # upstream stages share one seed so a sweep over seeds reuses them
+    seed: int = _f(0, **SEED_RULES)  # shared by upstream stages: a sweep over seeds reuses them
     sft: StageSource = field(default_factory=StageSource)
     reward: StageSource = field(default_factory=StageSource)
 
 
 @dataclass
 class PathsSpec:
-    root_dir: str = "."
-    log_dir: str = "outputs"
-    output_dir: str = "outputs/run"
-    cache_dir: str = "outputs/cache"
+    root_dir: str = _f(".", path=True)
+    log_dir: str = _f("outputs", path=True)
+    output_dir: str = _f("outputs/run", path=True)
+    cache_dir: str = _f("outputs/cache", path=True)
 
 
 @dataclass
@@ -252,7 +303,7 @@ class LoggerSpec:
 
 @dataclass
 class RunConfig:
-    seed: int
+    seed: int = _f(**SEED_RULES)
     model: ModelSpec
     dataset: DatasetSpec
     method: TrainSpec
@@ -261,11 +312,13 @@ class RunConfig:
     upstream: UpstreamSpec
     logger: LoggerSpec
     eval: EvalSpec = field(default_factory=EvalSpec)
-    resume_from: str | None = None  # "latest" (in this run dir) or a checkpoint dir
+    # "latest" (in this run dir) or a checkpoint dir
+    resume_from: str | None = _f(None, path=True)
+    overwrite: bool = False  # empty a run dir that holds another run's files
     # method=eval only: the saved policy to evaluate, and the reference to compare it with
     # (null: the SFT policy of this model+dataset, from the artifact cache)
-    policy_path: str | None = None
-    reference_path: str | None = None
+    policy_path: str | None = _f(None, path=True)
+    reference_path: str | None = _f(None, path=True)
     # Modules imported before anything else, so they can register methods (with their
     # TrainSpec schema) and reward functions without editing the package.
     plugins: list[str] = _f([])
@@ -289,6 +342,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError as err:
                 errors.append(err)
+        if len(errors) == 1:  # `float | None`: the one type's own reason ("too large", ...)
+            raise errors[0]
         raise ConfigError(key, value, "expected " + " or ".join(_type_name(o) for o in options))
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
@@ -303,9 +358,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         _, value_tp = typing.get_args(tp)
         return {str(k): _coerce(value_tp, v, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
+        _check_nan(value, key)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(key, value, "too large for a float") from None
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(key, value, f"expected {tp.__name__}")
     if not isinstance(value, tp):
@@ -313,16 +372,63 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+def _check_nan(value: Any, key: str) -> None:
+    """No NaN anywhere in a free-form value (`trainer_kwargs`): it is never a setting."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(key, value, "must be a number, not nan")
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_nan(v, f"{key}[{i}]")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_nan(v, f"{key}.{k}")
+
+
+_BOUNDS = {
+    "gt": (">", operator.gt),
+    "ge": (">=", operator.ge),
+    "lt": ("<", operator.lt),
+    "le": ("<=", operator.le),
+}
+
+
+def type_rules(value: Any, rules: dict[str, Any]) -> dict[str, Any]:
+    """`rules` plus the rules every value of `value`'s type obeys (module docstring): an int
+    without a lower or upper bound of its own gets int32's."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if "ge" not in rules and "gt" not in rules:
+            rules = {**rules, "ge": -INT_MAX}
+        if "le" not in rules and "lt" not in rules:
+            rules = {**rules, "le": INT_MAX, "why_high": "it must fit in int32"}
+    return rules
+
+
 def _check_rules(value: Any, rules: dict[str, Any], key: str) -> None:
     if value is None:
         return
+    infinite_ok = rules.get("allow_inf") and isinstance(value, float) and math.isinf(value)
+    if isinstance(value, float) and not math.isfinite(value) and not infinite_ok:
+        raise ConfigError(key, value, "must be a finite number")
     if "choices" in rules and value not in rules["choices"]:
         raise ConfigError(key, value, f"choose one of {', '.join(map(str, rules['choices']))}")
-    bounds = {"gt": (">", value.__gt__), "ge": (">=", value.__ge__)}
-    bounds |= {"lt": ("<", value.__lt__), "le": ("<=", value.__le__)}
-    for rule, (symbol, holds) in bounds.items():
-        if rule in rules and holds(rules[rule]) is not True:
-            raise ConfigError(key, value, f"must be {symbol} {rules[rule]}")
+    rules = type_rules(value, rules)
+    for rule, (symbol, holds) in _BOUNDS.items():
+        if rule in rules and not holds(value, rules[rule]):
+            why = rules.get("why_high" if rule in ("lt", "le") else "why_low", rules.get("why"))
+            why = f" ({why})" if why else ""
+            raise ConfigError(key, value, f"must be {symbol} {rules[rule]}{why}")
+
+
+def field_rules(cls: type, name: str) -> dict[str, Any]:
+    """Rules of field `name` of dataclass `cls`, merged down its bases: a subclass that only
+    changes a default (RewardSpec's batch size) keeps the caps its base set."""
+    rules: dict[str, Any] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            for f in dataclasses.fields(base):
+                if f.name == name:
+                    rules |= dict(f.metadata)
+    return rules
 
 
 T = typing.TypeVar("T")
@@ -345,8 +451,12 @@ def build(cls: type[T], data: Any, prefix: str) -> T:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(key, None, "missing required key")
             continue
-        kwargs[name] = _coerce(hints[name], data[name], key)
-        _check_rules(kwargs[name], dict(f.metadata), key)
+        value = _coerce(hints[name], data[name], key)
+        rules = field_rules(cls, name)
+        _check_rules(value, rules, key)
+        if rules.get("path") and isinstance(value, str) and value != "latest":
+            value = os.path.expanduser(value)  # as every loader does: one path, everywhere
+        kwargs[name] = value
     return cls(**kwargs)
 
 
@@ -433,26 +543,103 @@ def is_hub_id(name: str) -> bool:
 
 
 def check_paths(run: RunConfig) -> None:
-    """Paths the config names must exist before anything loads (kept out of `validate` so
-    configs can be composed and checked on machines without the data)."""
+    """Paths the config names must exist (and be what they are used as) before anything loads;
+    pickle files they would load must hold only tensors (`model_files.py`). Kept out of
+    `validate` so configs can be composed and checked on machines without the data."""
     from pathlib import Path
 
     name = run.model.name_or_path
-    if name is not None and not Path(name).expanduser().exists() and not is_hub_id(name):
-        raise ConfigError("model.name_or_path", name, "a local model dir or a hub id like 'gpt2'")
+    if name is not None:
+        local = Path(name).expanduser()
+        if local.exists() and not local.is_dir():
+            raise ConfigError(
+                "model.name_or_path", name, f"{kind(local)}; expected a model dir or a hub id"
+            )
+        if not local.exists() and not is_hub_id(name):
+            raise ConfigError(
+                "model.name_or_path", name, "a local model dir or a hub id like 'gpt2'"
+            )
+        if local.is_dir():
+            check_model_dir("model.name_or_path", name, run.model.allow_pickle_weights)
 
     for split, value in run.dataset.data_files.items():  # a file, a directory or a glob
         resolve_data_files(f"dataset.data_files.{split}", value)
     for key in ("policy_path", "reference_path"):
         path = getattr(run, key)
-        if path is not None and not (Path(path) / "config.json").is_file():
-            raise ConfigError(key, path, "a saved model dir (with config.json)")
-    if run.resume_from not in (None, "latest") and not Path(run.resume_from).is_dir():
-        raise ConfigError("resume_from", run.resume_from, "'latest' or an existing checkpoint dir")
+        if path is not None:
+            _require_dir(key, path, "a saved model dir (with config.json)", "config.json")
+            check_model_dir(key, path, run.model.allow_pickle_weights)
     for stage in ("sft", "reward"):
         path = getattr(run.upstream, stage).path
-        if path is not None and not Path(path).is_dir():
-            raise ConfigError(f"upstream.{stage}.path", path, "not a directory (a saved model dir)")
+        if path is not None:
+            _require_dir(f"upstream.{stage}.path", path, "a saved model dir (with config.json)")
+            check_model_dir(f"upstream.{stage}.path", path, run.model.allow_pickle_weights)
+    if run.resume_from not in (None, "latest"):
+        _require_dir("resume_from", run.resume_from, "'latest' or an existing checkpoint dir")
+        _check_pickles("resume_from", run.resume_from, Path(run.resume_from))
+    elif run.resume_from == "latest":  # this run dir's checkpoints (trainers' checkpoint-N,
+        # PPO's step-N), written by an earlier run of it
+        for checkpoint in sorted(Path(run.paths.output_dir).glob("checkpoints/*")):
+            if checkpoint.is_dir():
+                _check_pickles("resume_from", run.resume_from, checkpoint)
+    for key in ("log_dir", "cache_dir"):  # output_dir: Hydra has made it by now
+        _check_dir_to_write(f"paths.{key}", getattr(run.paths, key))
+
+
+def _require_dir(key: str, value: str, valid: str, marker: str | None = None) -> None:
+    """`value` must be an existing directory (holding `marker`); else say what it is."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(key, value, f"{kind(path)}; expected {valid}")
+    if marker is not None and not (path / marker).is_file():
+        raise ConfigError(key, value, f"has no {marker}; expected {valid}")
+
+
+def check_model_dir(key: str, value: str, allow_pickle_weights: bool) -> None:
+    """A local model dir's weights may load: safetensors, or pickles only with the opt-in and
+    only when they hold nothing but tensors."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    pickles = pickled_weights(path)
+    if pickles and not allow_pickle_weights:
+        raise ConfigError(
+            key,
+            value,
+            f"its weights are a pickle ({pickles[0].name}) and no .safetensors: refused, "
+            "unpickling can run code; convert them to safetensors, or set "
+            "model.allow_pickle_weights=true if you trust the file",
+        )
+    if pickles:
+        _check_pickles(key, value, path)
+
+
+def _check_pickles(key: str, value: str, directory: Any) -> None:
+    found = unsafe_pickles(directory)
+    if found is not None:
+        path, why = found
+        raise ConfigError(key, value, f"refused {path}: {why}")
+
+
+def _check_dir_to_write(key: str, value: str) -> None:
+    """`value` is a directory, or can be made one: its nearest existing ancestor is a
+    writable directory."""
+    from pathlib import Path
+
+    path = Path(value).expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(key, value, f"{kind(path)}; expected a directory (made if missing)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(key, value, "is a directory this user cannot write to")
+        return
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(key, value, f"cannot be made: {parent} {kind(parent)}, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(key, value, f"cannot be made: {parent} is not writable by this user")
 
 
 def method_spec(name: str, data: dict[str, Any], prefix: str = "method") -> TrainSpec:

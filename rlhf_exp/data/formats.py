@@ -198,6 +198,12 @@ def _preference_row(example: dict[str, Any], index: int, tokenizer: Any, split: 
         example["prompt"] = prompt
     # Implicit prompts (and string prompts beside full conversations, as in
     # HuggingFaceH4/ultrafeedback_binarized) become the shared prefix of chosen and rejected.
+    one_text = isinstance(chosen, str) and chosen == rejected
+    if prompt is None and one_text and not _ASSISTANT_TURN.search(chosen):
+        # One text twice and no turn marker: nothing tells prompt from reply (the shared
+        # prefix would be the text minus its last character). `normalize_preference` drops
+        # and counts such rows; as SFT data the text is the completion of an empty prompt.
+        return {"prompt": "", "chosen": chosen, "rejected": rejected, UNSPLIT: True}
     if prompt is None and isinstance(chosen, str):
         extracted = _split_implicit(chosen, rejected)
     else:
@@ -215,7 +221,11 @@ def _preference_row(example: dict[str, Any], index: int, tokenizer: Any, split: 
             )
     if is_conversational(extracted):
         extracted = _template(extracted, tokenizer)
-    return {k: extracted[k] for k in PREFERENCE_COLUMNS}
+    return {**{k: extracted[k] for k in PREFERENCE_COLUMNS}, UNSPLIT: False}
+
+
+# Column `_preference_row` marks rows with: one text as chosen and rejected, no prompt to split.
+UNSPLIT = "unsplit"
 
 
 def normalize_preference(
@@ -230,13 +240,35 @@ def normalize_preference(
     if not {"chosen", "rejected"} <= set(found):
         raise _columns_error(split, found, "prompt/chosen/rejected, chosen/rejected")
     keep = [c for c in PREFERENCE_COLUMNS if c in found]
-    return _normalize(
+    ds = _normalize(
         ds,
         keep,
         lambda ex, i: _preference_row(ex, i, tokenizer, split),
-        PREFERENCE_COLUMNS,
+        (*PREFERENCE_COLUMNS, UNSPLIT),
         f"normalising {split}",
     )
+    return _drop_unsplittable(ds, split)
+
+
+def _drop_unsplittable(ds: Dataset, split: str) -> Dataset:
+    """Drop (and count) the rows `_preference_row` could not split into prompt and reply: the
+    same text as chosen and rejected, without a prompt column or a turn marker."""
+    kept = [i for i, unsplit in enumerate(ds[UNSPLIT]) if not unsplit]
+    ds = ds.remove_columns(UNSPLIT) if len(kept) == len(ds) else ds
+    if len(kept) == len(ds):
+        return ds
+    dropped = len(ds) - len(kept)
+    what = (
+        "have the same text as chosen and rejected and no prompt column: no preference to "
+        "learn, and nothing to tell the prompt from the reply"
+    )
+    if not kept:
+        raise UserError(
+            f"dataset split {split!r}: all {dropped} rows {what}; check the file (a prompt "
+            "column under another name? map it with dataset.columns)"
+        )
+    logger.warning("dataset split %r: dropped %d of %d rows that %s", split, dropped, len(ds), what)
+    return ds.select(kept).remove_columns(UNSPLIT).flatten_indices()
 
 
 # ---------------------------------------------------------------------------------- sft
@@ -284,7 +316,7 @@ def _sft_row_fn(found: list[str], tokenizer: Any, split: str, expected: str):
     if {"chosen", "rejected"} <= cols:  # preference rows: the chosen answer is the target
 
         def from_preference(ex: dict[str, Any], i: int) -> dict[str, str]:
-            row = _preference_row(ex, i, tokenizer, split)
+            row = _preference_row(ex, i, tokenizer, split)  # prompt "" when it has none
             return {"prompt": row["prompt"], "completion": row["chosen"]}
 
         return [c for c in PREFERENCE_COLUMNS if c in cols], from_preference

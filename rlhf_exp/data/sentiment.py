@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 
 from rlhf_exp.config.schema import DatasetSpec
-from rlhf_exp.errors import UserError
+from rlhf_exp.errors import ConfigError, UserError
 from rlhf_exp.rewards.gold import vader_compound
 
 log = logging.getLogger(__name__)
@@ -348,6 +348,15 @@ def _preference_rows(rng: random.Random, n: int, margin: float) -> list[dict[str
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
             if len(rows) == n:
                 break
+        if not rows and tried >= 1000:  # none of the first thousand: the margin is out of reach
+            break
+    if len(rows) < 2:  # not even one to train on and one to hold out
+        raise ConfigError(
+            "dataset.min_gold_margin",
+            margin,
+            f"{len(rows)} of {tried} candidate pairs have gold scores that far apart "
+            f"(dataset.n_pairs={n} asked for); lower it (the default is 0.1)",
+        )
     if len(rows) < n:
         log.warning(
             "only %d of %d preference pairs reach min_gold_margin=%s after %d candidates",

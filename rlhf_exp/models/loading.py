@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,8 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from rlhf_exp import signals
+from rlhf_exp.config.model_files import pickled_weights, unsafe_pickles
 from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
 from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import UserError
@@ -119,11 +122,45 @@ def _hub_error(name: str, err: BaseException, is_local: bool) -> UserError:
     return UserError(f"could not load model {name!r} from the hub: {_first_line(err)}")
 
 
-def _from_pretrained(load: Callable[..., T], name_or_path: str, spec: ModelSpec, **kwargs) -> T:
-    """`load(name_or_path, ...)` with user-fixable failures turned into one-line `UserError`s."""
+def _check_weights(source: str, spec: ModelSpec) -> None:
+    """A local dir's pickled weights load only with `model.allow_pickle_weights` and only when
+    they hold nothing but tensors (rlhf_exp/config/model_files.py); one line otherwise."""
+    path = Path(source)
+    if not path.is_dir():
+        return
+    pickles = pickled_weights(path)
+    if pickles and not spec.allow_pickle_weights:
+        raise UserError(
+            f"refused {pickles[0]}: the model's weights are a pickle and there is no "
+            ".safetensors (unpickling can run code); convert them to safetensors, or set "
+            "model.allow_pickle_weights=true if you trust the file"
+        )
+    found = unsafe_pickles(path) if pickles else None
+    if found is not None:
+        raise UserError(f"refused {found[0]}: {found[1]}")
+
+
+def _from_pretrained(
+    load: Callable[..., T], name_or_path: str, spec: ModelSpec, weights: bool = False, **kwargs
+) -> T:
+    """`load(name_or_path, ...)` with user-fixable failures turned into one-line `UserError`s.
+
+    `weights`: `load` reads model weights, so pickled ones are refused without
+    `model.allow_pickle_weights` (a hub repo with only `.bin` weights fails to load).
+    """
     source = _resolve(name_or_path)
+    if weights:
+        _check_weights(source, spec)
+        if not spec.allow_pickle_weights:
+            kwargs["use_safetensors"] = True
     try:
         return load(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a file
+        files = ", ".join(p.name for p in pickled_weights(Path(source))) or "a pickle file"
+        raise UserError(
+            f"refused {name_or_path!r} ({files}): it holds objects other than tensors, which "
+            f"torch loads only by running code ({_first_line(err, limit=80)})"
+        ) from None
     except (OSError, ValueError) as err:
         # Hub and connection errors arrive as OSErrors; a dir without a usable config.json as a
         # ValueError ("Unrecognized model"), as does a model that needs trust_remote_code.
@@ -185,7 +222,11 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """Causal LM in `spec.dtype`; pass the tokenizer from `load_tokenizer` to match its vocab."""
     model = _from_pretrained(
-        AutoModelForCausalLM.from_pretrained, name_or_path, spec, dtype=getattr(torch, spec.dtype)
+        AutoModelForCausalLM.from_pretrained,
+        name_or_path,
+        spec,
+        weights=True,
+        dtype=getattr(torch, spec.dtype),
     )
     _match_tokenizer(model, tokenizer)
     return model
@@ -203,6 +244,7 @@ def load_reward_model(
         AutoModelForSequenceClassification.from_pretrained,
         name_or_path,
         spec,
+        weights=True,
         num_labels=1,
         dtype=getattr(torch, spec.dtype),
     )
@@ -282,6 +324,7 @@ def apply_lora(
 
 
 # ------------------------------------------------------------------------------ saving, counts
+@signals.phase("saving", deferred=True)  # a signal never cuts a save half-way
 def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
     """Save a plain checkpoint (safetensors) + tokenizer that `from_pretrained` reloads.
 

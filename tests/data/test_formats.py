@@ -182,19 +182,28 @@ def test_implicit_rows_without_turn_markers_keep_the_common_prefix_rule(bpe_toke
     assert out[1] == {"prompt": "I", "chosen": " liked it a lot.", "rejected": " hated it."}
 
 
-def test_identical_texts_are_kept_as_ties(bpe_tokenizer):
+def test_identical_texts_are_kept_as_ties_when_a_turn_marks_the_prompt(bpe_tokenizer, caplog):
     dialogue = hh("Name a film.", "Jaws.")
     rows = [
         {"chosen": dialogue, "rejected": dialogue},
+        # One text twice, no turn marker: the shared prefix would be the text minus its last
+        # character. Dropped and counted, never split there.
         {"chosen": "Same text.", "rejected": "Same text."},
-        {"chosen": "x", "rejected": "x"},  # nothing left to share once a completion exists
+        {"chosen": "x", "rejected": "x"},
     ]
     out = normalize_preference(Dataset.from_list(rows), bpe_tokenizer, {}).to_list()
     prompt = hh("Name a film.") + "\n\nAssistant:"
-    assert out[0] == {"prompt": prompt, "chosen": " Jaws.", "rejected": " Jaws."}
-    for row, original in zip(out, rows, strict=True):  # lossless, equal completions
-        assert row["prompt"] + row["chosen"] == original["chosen"]
-        assert row["chosen"] == row["rejected"]
+    assert out == [{"prompt": prompt, "chosen": " Jaws.", "rejected": " Jaws."}]
+    assert "dropped 2 of 3 rows that have the same text as chosen and rejected" in caplog.text
+    # As SFT data such a text is a completion of the empty prompt, whole.
+    sft = normalize_sft(Dataset.from_list(rows[1:]), bpe_tokenizer, {}).to_list()
+    assert sft == [{"prompt": "", "completion": "Same text."}, {"prompt": "", "completion": "x"}]
+
+
+def test_only_unsplittable_identical_texts_are_refused_with_a_count(bpe_tokenizer):
+    rows = [{"chosen": f"Same text {i}.", "rejected": f"Same text {i}."} for i in range(3)]
+    with pytest.raises(UserError, match=r"'preference': all 3 rows have the same text"):
+        normalize_preference(Dataset.from_list(rows), bpe_tokenizer, {})
 
 
 def test_synthetic_hh_rows_all_get_turn_boundary_prompts(bpe_tokenizer):
