@@ -3,17 +3,16 @@ guarded `run_training` (clean stop on signals, NaN check, resume from complete c
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from transformers import TrainerCallback
 
+from rlhf_exp import signals
 from rlhf_exp.errors import Interrupted, NonFiniteError, UserError
 
 if TYPE_CHECKING:
@@ -119,35 +118,14 @@ CHECKPOINT_COMPLETE = "COMPLETE"
 class TrainingGuard(TrainerCallback):
     """Stops cleanly on SIGINT/SIGTERM and refuses to go on after a non-finite loss.
 
-    A signal lets the current step finish, then saves a checkpoint and ends training (a second
-    signal interrupts at once). A NaN/inf loss raises `NonFiniteError` at the log where it
+    Signals are caught by the run-wide handler (`rlhf_exp.signals`); in the `training` phase
+    the first one lets the current step finish, then this saves a checkpoint and ends training
+    (a second signal stops at once). A NaN/inf loss raises `NonFiniteError` at the log where it
     appears, before any save of that step, so the last checkpoint on disk stays a good one.
     """
 
-    def __init__(self) -> None:
-        self.stop_signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:  # second signal: the user means it
-            raise KeyboardInterrupt
-        self.stop_signal = signum
-        log.warning(
-            "%s received: finishing this step and saving a checkpoint", signal.Signals(signum).name
-        )
-
-    @contextmanager
-    def handling_signals(self) -> Iterator[None]:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        try:
-            yield
-        finally:
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)
-
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.stop_signal is not None:
+        if signals.stop_requested():
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -194,15 +172,134 @@ def has_complete_checkpoint(checkpoint_dir: Path) -> bool:
 
 
 def resume_checkpoint(ctx: RunContext) -> Path | None:
-    """The checkpoint `resume_from` names: None (fresh), `latest` in this run dir, or a path."""
+    """The checkpoint `resume_from` names: None (fresh), `latest` in this run dir, or a path.
+
+    `latest` in a run dir without a complete checkpoint yet (stopped before its first save,
+    or while an upstream stage trained) starts from scratch, saying so; a named path that
+    is not a complete checkpoint is an error.
+    """
     choice = ctx.run.resume_from
     if choice is None:
         return None
-    path = latest_checkpoint(ctx.checkpoint_dir) if choice == "latest" else Path(choice)
-    if path is None or not (path / CHECKPOINT_COMPLETE).is_file():
-        where = ctx.checkpoint_dir if choice == "latest" else choice
-        raise UserError(f"resume_from={choice!r}: no complete checkpoint at {where}")
+    if choice == "latest":
+        path = latest_checkpoint(ctx.checkpoint_dir)
+        if path is None:
+            log.warning(
+                "resume_from=latest: no complete checkpoint in %s yet; starting from scratch",
+                ctx.checkpoint_dir,
+            )
+        return path
+    path = Path(choice)
+    if not (path / CHECKPOINT_COMPLETE).is_file():
+        raise UserError(f"resume_from={choice!r}: no complete checkpoint at {choice}")
     return path
+
+
+# Written into a trainer checkpoint beside transformers' own state: the running sums that
+# transformers and TRL keep only in memory between two logs, so a resumed run's `train/loss`
+# and the first values it logs cover every step, as in a run that was never stopped.
+LOSS_STATE = "loss_state-rank{rank}.json"
+
+
+class LossState(TrainerCallback):
+    """Saves and restores the trainer's running sums with each checkpoint.
+
+    transformers sums the loss of steps not yet logged in `_tr_loss` (a tensor), the logged
+    ones in `_total_loss_scalar`, and on resume starts both at zero: the final `train/loss`
+    then averages only the resumed steps. TRL's trainers likewise collect each step's
+    metrics (`_metrics["train"]`, averaged at the next log) and count tokens
+    (`_total_train_tokens`). Restored at `on_train_begin` (after transformers reset them),
+    all of them go on exactly as without the stop.
+    """
+
+    def __init__(self, trainer: Any, resumed_from: Path | None) -> None:
+        self.trainer, self.resumed_from = trainer, resumed_from
+        self.restored = False  # the sums now cover the steps before the resume too
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = read_loss_state(self.resumed_from, args.process_index)
+        if saved is None:
+            return
+        self.restored = True
+        trainer = self.trainer
+        trainer._total_loss_scalar = saved["total_loss"]
+        trainer._tr_loss += saved["unlogged_loss"]
+        trainer._globalstep_last_logged = saved["last_logged_step"]
+        if "metrics" in saved and isinstance(getattr(trainer, "_metrics", None), dict):
+            trainer._metrics["train"].clear()
+            trainer._metrics["train"].update(saved["metrics"])
+        if "total_train_tokens" in saved:
+            trainer._total_train_tokens = saved["total_train_tokens"]
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Called before `TrainingGuard.on_save` marks the checkpoint complete.
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not checkpoint.is_dir():
+            return
+        trainer = self.trainer
+        saved: dict[str, Any] = {
+            "total_loss": trainer._total_loss_scalar,
+            "unlogged_loss": trainer._tr_loss.item(),
+            "last_logged_step": trainer._globalstep_last_logged,
+        }
+        metrics = getattr(trainer, "_metrics", None)
+        if isinstance(metrics, dict) and "train" in metrics:
+            saved["metrics"] = {k: list(v) for k, v in metrics["train"].items()}
+        if hasattr(trainer, "_total_train_tokens"):
+            saved["total_train_tokens"] = trainer._total_train_tokens
+        try:
+            text = json.dumps(saved)
+        except TypeError:  # a metric that is not a number: keep the loss sums at least
+            saved.pop("metrics", None)
+            saved.pop("total_train_tokens", None)
+            text = json.dumps(saved)
+        (checkpoint / LOSS_STATE.format(rank=args.process_index)).write_text(text + "\n")
+
+
+def read_loss_state(checkpoint: Path | None, rank: int = 0) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    try:
+        return json.loads((Path(checkpoint) / LOSS_STATE.format(rank=rank)).read_text())
+    except (OSError, ValueError):  # a checkpoint from before this file existed
+        return None
+
+
+def finished_checkpoint(trainer: Any, checkpoint: Path) -> dict[str, Any] | None:
+    """The trainer state saved in `checkpoint` when training had reached its last step."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    max_steps = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps")
+    return state if max_steps and state.get("global_step", 0) >= max_steps else None
+
+
+def restore_finished(trainer: Any, checkpoint: Path) -> Any:
+    """Put the trainer where `train()` left it after its last step, from the checkpoint of
+    that step, without training: the weights, the state (log history) and the final loss.
+
+    (`train(resume_from_checkpoint=...)` would take one more step.) Returns a `TrainOutput`
+    whose speed metrics are zero: this run trained for 0 s.
+    """
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    trainer._initial_num_input_tokens_seen = trainer.state.num_input_tokens_seen
+    step = trainer.state.global_step
+    saved = read_loss_state(checkpoint, trainer.args.process_index)
+    total = saved["total_loss"] + saved["unlogged_loss"] if saved else float("nan")
+    loss = total / max(step, 0.001)
+    metrics = {
+        "train_runtime": 0.0,
+        "train_samples_per_second": 0.0,
+        "train_steps_per_second": 0.0,
+        "total_flos": trainer.state.total_flos,
+        "train_loss": loss,
+    }
+    return TrainOutput(step, loss, metrics)
 
 
 # Token-id columns TRL 1.x's trainers feed the model (SFT: input_ids; reward: chosen/rejected
@@ -252,22 +349,37 @@ def feed_lengths(trainer: Any) -> None:
 def run_training(trainer: Any, ctx: RunContext) -> Any:
     """`trainer.train()` under a `TrainingGuard`, resuming when `resume_from` says so.
 
-    Raises `Interrupted` (after the checkpoint is written) when a signal stopped training.
+    Runs in the `training` phase (`rlhf_exp.signals`): a signal ends training after the
+    current step and its checkpoint, then this raises `Interrupted`. What follows (saving,
+    evaluating) is the `evaluation` phase, where a signal stops at once.
     """
-    guard = TrainingGuard()
-    trainer.add_callback(guard)
+    start = resume_checkpoint(ctx)
+    sums = LossState(trainer, start)
+    trainer.add_callback(sums)  # before the guard marks a save complete
+    trainer.add_callback(TrainingGuard())
     if trainer.args.train_sampling_strategy == "group_by_length":
         feed_lengths(trainer)
-    start = resume_checkpoint(ctx)
+    if start is not None and finished_checkpoint(trainer, start):
+        # train() would take one step more: go straight to saving and evaluating
+        log.info("resuming from %s: training had finished; saving and evaluating", start)
+        result = restore_finished(trainer, start)
+        signals.rename_phase("evaluation")
+        return result
     if start is not None:
         log.info("resuming from %s", start)
-    with guard.handling_signals():
+    with signals.phase("training", deferred=True):
         result = trainer.train(resume_from_checkpoint=str(start) if start else None)
-    if guard.stop_signal is not None:
-        raise Interrupted(ctx.run_dir, trainer.state.global_step)
+        if signals.stop_requested():  # also when the signal came after the last step
+            raise Interrupted(ctx.run_dir, trainer.state.global_step)
+    signals.rename_phase("evaluation")
+    if sums.restored:  # (its checkpoint may be rotated away by now)
+        # transformers averages over this call's steps; the restored sums cover them all
+        loss = trainer._total_loss_scalar / max(trainer.state.global_step, 0.001)
+        result = result._replace(training_loss=loss, metrics={**result.metrics, "train_loss": loss})
     return result
 
 
+@signals.phase("evaluation")
 def final_eval_metrics(trainer: Any) -> dict[str, float]:
     """The trained policy's held-out trainer metrics (`eval_loss`, `eval_rewards/*`, ...).
 

@@ -8,10 +8,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from rlhf_exp.training import CHECKPOINT_COMPLETE, latest_checkpoint
+from rlhf_exp.errors import UserError
+from rlhf_exp.methods.ppo import checkpoint as ppo_checkpoint
+from rlhf_exp.training import CHECKPOINT_COMPLETE, latest_checkpoint, resume_checkpoint
 from tests.conftest import ROOT, run_cli
 
 ARGS = [
@@ -22,13 +25,14 @@ ARGS = [
     "method.eval_steps=100",
 ]
 # Per method: its arguments, and the metrics a resumed run must reproduce (rel. tolerance).
-# Losses and accuracies are exact up to float noise; sampled metrics (gold reward) can move a
-# little when a last-digit difference in the weights flips one sampled token.
+# Losses (train/loss over every step, the resumed run's included) and accuracies are exact
+# up to float noise; sampled metrics (gold reward) can move a little when a last-digit
+# difference in the weights flips one sampled token.
 METHODS = {
-    "sft": (ARGS, {"eval/loss": 1e-4, "train/global_step": 0}),
+    "sft": (ARGS, {"eval/loss": 1e-4, "train/loss": 1e-4, "train/global_step": 0}),
     "reward": (
         ["method=reward", "debug=fast", "method.max_steps=24", "method.save_steps=4"],
-        {"eval/loss": 1e-4, "eval/accuracy": 1e-4, "train/global_step": 0},
+        {"eval/loss": 1e-4, "eval/accuracy": 1e-4, "train/loss": 1e-4, "train/global_step": 0},
     ),
     "dpo": (
         [
@@ -42,7 +46,12 @@ METHODS = {
             # covers that path); the frozen reference copy is resumed the same way
             "method.precompute_ref_log_probs=false",
         ],
-        {"eval/loss": 1e-4, "eval/rewards_accuracies": 1e-4, "train/global_step": 0},
+        {
+            "eval/loss": 1e-4,
+            "eval/rewards_accuracies": 1e-4,
+            "train/loss": 1e-4,
+            "train/global_step": 0,
+        },
     ),
     "ppo": (
         [
@@ -119,10 +128,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, method: str, sig:
 
     run_dir = tmp_path / "killed"
     code, stderr = _kill_after_first_checkpoint(args, tmp_path, run_dir, sig)
-    if sig == signal.SIGTERM:  # clean stop: a checkpoint, exit 130, and how to resume
-        assert code == 130, stderr[-2000:]
+    if sig == signal.SIGTERM:  # clean stop: a checkpoint, exit 143, and how to resume
+        assert code == 143, stderr[-2000:]
         assert "resume with: python run.py" in stderr and "resume_from=latest" in stderr
-        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     else:
         assert code == -signal.SIGKILL
     stopped = _complete_checkpoints(run_dir)[-1]
@@ -138,12 +147,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, method: str, sig:
         assert got[key] == pytest.approx(expected[key], rel=rel, abs=1e-6), key
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path):
-    result = run_cli(
-        *ARGS, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/new", "resume_from=latest"
-    )
-    assert result.returncode == 2
-    assert (
-        f"error: resume_from='latest': no complete checkpoint at {tmp_path}/new/checkpoints"
-        in result.stderr
-    )
+def _ctx(run_dir: Path, resume_from: str | None) -> SimpleNamespace:
+    run = SimpleNamespace(resume_from=resume_from)
+    return SimpleNamespace(run=run, run_dir=run_dir, checkpoint_dir=run_dir / "checkpoints")
+
+
+def test_resume_latest_without_checkpoint_starts_from_scratch(tmp_path: Path, caplog):
+    (tmp_path / "checkpoints" / "checkpoint-4").mkdir(parents=True)  # cut short: no COMPLETE
+    with caplog.at_level("WARNING", logger="rlhf_exp.training"):
+        assert resume_checkpoint(_ctx(tmp_path, "latest")) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"resume_from=latest: no complete checkpoint in {tmp_path}/checkpoints yet; "
+        "starting from scratch"
+    ]
+    assert ppo_checkpoint.resolve("latest", tmp_path / "checkpoints") is None
+
+
+def test_resume_from_a_path_that_is_no_checkpoint_is_an_error(tmp_path: Path):
+    with pytest.raises(UserError, match="no complete checkpoint at"):
+        resume_checkpoint(_ctx(tmp_path, str(tmp_path)))

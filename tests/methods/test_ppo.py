@@ -4,6 +4,7 @@ only adapters (and the critic), and a resumed run ends where an uninterrupted on
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -137,14 +138,35 @@ def test_resume_reaches_the_uninterrupted_result(run_method, tmp_path):
         "method.rollout_batch_size=32",
     )
     full, run_dir, _, _ = run_method(*common)
-    saved = tmp_path / "step-2"
+    # metrics.json carries the periodic evaluations: step 0 (the SFT policy, KL 0) and every
+    # eval_steps, each with the gold reward, the RM score (the proxy) and the measured KL
+    saved_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert saved_metrics["curve/step"] == [0, 2, 4]
+    assert saved_metrics["curve/kl"][0] == pytest.approx(0.0, abs=1e-5)
+    assert all(v > 0 for v in saved_metrics["curve/kl"][1:])
+    for key in ("curve/gold", "curve/proxy", "curve/kl"):
+        assert len(saved_metrics[key]) == 3 and all(map(math.isfinite, saved_metrics[key]))
+    logged = scalars(run_dir)["eval/gold_reward"]  # TensorBoard: steps 0, 2 and 4
+    assert len(logged) == 3 and logged[1] == pytest.approx(saved_metrics["curve/gold"][1])
+    assert 0 <= saved_metrics["upstream/reward/eval/accuracy"] <= 1  # the RM it optimised
+    saved, last = tmp_path / "step-2", tmp_path / "step-4"
     shutil.copytree(run_dir / "checkpoints" / "step-000002", saved)
+    shutil.copytree(run_dir / "checkpoints" / "step-000004", last)
     shutil.rmtree(run_dir)
     resumed, run_dir, _, _ = run_method(*common, f"resume_from={saved}")
     assert resumed["train/global_step"] == full["train/global_step"] == 4
     assert len(scalars(run_dir)["objective/scores"]) == 2  # only steps 3 and 4 ran
+    assert resumed["curve/step"] == [0, 2, 4]  # the points before the checkpoint are kept
+    assert resumed["curve/gold"] == pytest.approx(full["curve/gold"], abs=1e-7)
     # Exact equality on CPU (same RNG streams, weights, Adam and scheduler state).
     for key, value in full.items():
         if key.startswith(("time/", "throughput/", "memory/")) or not isinstance(value, float):
             continue
         assert resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    # Stopped during its final evaluation: no step runs, the last step's metrics are kept.
+    shutil.rmtree(run_dir)
+    final, _, _, _ = run_method(*common, f"resume_from={last}")
+    timing = ("time/", "throughput/", "memory/")
+    assert {k: v for k, v in final.items() if not k.startswith(timing)} == {
+        k: v for k, v in full.items() if not k.startswith(timing)
+    }

@@ -4,7 +4,7 @@
         policy.safetensors     trainable policy weights (LoRA: the adapters only)
         critic.safetensors     the critic (separate value model, or the value head)
         optimizer.pt           Adam state         (torch.load(..., weights_only=True))
-        state.pt               step, KL controller, LR scheduler
+        state.pt               step, KL controller, LR scheduler, the step's metrics
         rng-rank{r}.pt         torch / python / numpy RNG of each process
         COMPLETE               written last: a directory without it is ignored
 
@@ -14,6 +14,7 @@ under this run's own checkpoints/, with the run's `hydra.run.dir`), as for every
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -26,6 +27,8 @@ from torch import nn
 
 from rlhf_exp.errors import ConfigError
 from rlhf_exp.training import CHECKPOINT_COMPLETE
+
+log = logging.getLogger(__name__)
 
 PARTS = ("policy.safetensors", "critic.safetensors")
 
@@ -92,12 +95,17 @@ def complete_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: int(p.name.split("-")[1]))
 
 
-def resolve(resume_from: str, ckpt_root: Path) -> Path:
-    """The checkpoint dir `resume_from` names; a bad value is a `ConfigError`."""
+def resolve(resume_from: str, ckpt_root: Path) -> Path | None:
+    """The checkpoint dir `resume_from` names (None: `latest`, and there is none yet, so the
+    run starts from scratch, saying so); a path that is not a checkpoint is a `ConfigError`."""
     if resume_from == "latest":
         found = complete_checkpoints(ckpt_root)
         if not found:
-            raise ConfigError("resume_from", resume_from, f"no checkpoint in {ckpt_root}")
+            log.warning(
+                "resume_from=latest: no complete checkpoint in %s yet; starting from scratch",
+                ckpt_root,
+            )
+            return None
         return found[-1]
     path = Path(resume_from).expanduser()
     if not (path / CHECKPOINT_COMPLETE).is_file():
