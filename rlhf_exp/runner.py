@@ -11,16 +11,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shlex
 import shutil
+import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree
+from rlhf_exp import signals
+from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree, reporting_disk_full
 from rlhf_exp.config.schema import RunConfig, check_paths, validate
-from rlhf_exp.context import RunContext, stage_key
+from rlhf_exp.context import (
+    DATA_KINDS,
+    RunContext,
+    UpstreamInterrupted,
+    discard_conversions,
+    stage_key,
+)
 from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import Interrupted, UserError
 from rlhf_exp.tracking import Tracker, summary_table
@@ -28,6 +39,7 @@ from rlhf_exp.tracking import Tracker, summary_table
 log = logging.getLogger(__name__)
 
 
+@signals.phase("setup")  # until training; saving and evaluation name their own phases
 def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
     """Run `run.method` in `run_dir`; returns its final metrics (also in `metrics.json`)."""
     from transformers import set_seed
@@ -40,11 +52,18 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
     set_seed(run.seed)
     tracker = Tracker(run_dir, run.logger.tensorboard, writes=is_main_process())
     ctx = RunContext(run, run_dir, cache, tracker)
+    stored = len(cache.stored)
     try:
+        from rlhf_exp.data.checks import check_trainable
+
+        # data that cannot train: refused before any stage trains
+        check_trainable(run, ctx, needs=lambda r: get_method(r.method.name).needs_for(r))
         ctx.resolve_stages(method.needs_for(run))
+        with reporting_disk_full(run_dir):  # a full disk: one line, not torch's message
+            trained = method.run(run, ctx)
         metrics = {
             "method": run.method.name,
-            **method.run(run, ctx),
+            **trained,
             "model/precision": run.model.precision,  # what `auto` became on this machine
             **{
                 f"data/{split}/{name}": value
@@ -58,7 +77,12 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
             hparams[knob] = getattr(run.method, knob)
             metrics["knob"] = f"{knob}={hparams[knob]}"
         step = int(metrics.get("train/global_step", 0))
-        return ctx.tracker.finish(metrics, step, hparams)
+        with signals.phase("saving", deferred=True), reporting_disk_full(run_dir):
+            return ctx.tracker.finish(metrics, step, hparams)
+    except UserError:  # rejected: what was built from its data is not kept in the cache
+        cache.discard(cache.stored[stored:], DATA_KINDS)
+        discard_conversions(run.dataset, cache.root)
+        raise
     finally:
         ctx.tracker.close()
 
@@ -69,14 +93,40 @@ def main(cfg: DictConfig) -> float | None:
     A user error is one line on stderr and exit code 2; any failure is recorded in the run's
     `metrics.json` as `status: failed` with its error line. In a multirun the failing job only
     logs and returns, so the other jobs still run and the report lists it as failed.
+
+    SIGINT/SIGTERM, in any phase of the run, stop it at that phase's safe point
+    (`rlhf_exp.signals`): `metrics.json` says `status: interrupted` with the phase and step,
+    stderr gets one line and a command that resumes it, and the process exits 130 (SIGINT) or
+    143 (SIGTERM). In a multirun the sweep stops with it: no further job starts, the report
+    is written, and the printed command (the same sweep in the same sweep dir) continues it.
     """
+    attempt = _Attempt()
+    with signals.handling() as guard:
+        try:
+            return _main(cfg, attempt)
+        except (Interrupted, signals.Stop) as stop:
+            guard.exiting()  # from here a further signal ends the process at once
+            _stopped(cfg, attempt, stop, guard)
+        finally:
+            if attempt.marker is not None:
+                attempt.marker.unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """How far `main` got, for the report of a stop."""
+
+    run: RunConfig | None = None  # validated
+    finished: bool = False  # metrics.json holds this run's results
+    marker: Path | None = None  # RUNNING_MARKER written by this process
+
+
+@signals.phase("setup")
+def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
     multirun = _in_multirun()
     try:
-        run = validate(cfg)
+        run = attempt.run = validate(cfg)
         check_paths(run)
-        from rlhf_exp.methods import get_method
-
-        method = get_method(run.method.name)
         run_dir = Path(run.paths.output_dir)
         config_text = OmegaConf.to_yaml(
             {k: v for k, v in cfg.items() if k != "hydra"}, resolve=True
@@ -89,24 +139,29 @@ def main(cfg: DictConfig) -> float | None:
             if state == "resumable" and run.resume_from is None:
                 log.info("%s: interrupted before; resuming from its latest checkpoint", run_dir)
                 run = dataclasses.replace(run, resume_from="latest")
+        if is_main_process():
+            claim_run_dir(run_dir, config_text, run.overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_main_process():
             atomic_write_text(run_dir / "config.yaml", config_text)
+            attempt.marker = _mark_running(run_dir)
+        from rlhf_exp.methods import get_method  # imports torch, transformers, trl: seconds
+
+        method = get_method(run.method.name)
         cache = ArtifactCache(Path(run.paths.cache_dir))
         metrics = execute(run, run_dir, cache)
+        attempt.finished = True
         if method.produces_model and is_main_process():
-            _publish(cache, run, run_dir)
-    except Interrupted as err:
-        _record_failure(cfg, f"interrupted at step {err.step}")
-        how = _resume_command(err.run_dir)
-        if multirun:
-            log.error("%s; resume with: %s", err, how)
-            return None
-        print(f"{err}\nresume with: {how}", file=sys.stderr)
-        sys.exit(130)
+            with signals.phase("saving", deferred=True):
+                _publish(cache, run, run_dir)
+    except Interrupted:  # not a failure: `main` reports it
+        raise
     except Exception as err:
+        if (stop := signals.masked_stop(err)) is not None:  # cleanup failed while stopping
+            raise stop from err
         line = f"error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
+        if not isinstance(err, RunDirInUse):  # that dir's metrics.json is another run's
+            _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
         if multirun:
             log.error("%s", line, exc_info=not isinstance(err, UserError))
             return None
@@ -120,7 +175,8 @@ def main(cfg: DictConfig) -> float | None:
 
 def _previous_attempt(run_dir: Path, config_text: str) -> str | None:
     """ "finished" or "resumable" when `run_dir` holds an earlier run of the same config
-    (`resume_from` aside), else None."""
+    (`resume_from` aside), else None: also for a run that failed, or that was interrupted
+    before its first checkpoint (it starts again in its dir)."""
     from rlhf_exp.training import has_complete_checkpoint
 
     def same(text: str) -> bool:
@@ -130,20 +186,222 @@ def _previous_attempt(run_dir: Path, config_text: str) -> str | None:
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "metrics.json"
     if not config_file.is_file() or not same(config_file.read_text()):
         return None
-    if metrics_file.is_file() and json.loads(metrics_file.read_text()).get("status") != "failed":
-        return "finished"
+    if metrics_file.is_file() and "status" not in json.loads(metrics_file.read_text()):
+        return "finished"  # a finished run's metrics have no status (failed, interrupted)
     return "resumable" if has_complete_checkpoint(run_dir / "checkpoints") else None
 
 
-def _resume_command(run_dir: object) -> str:
+class RunDirInUse(UserError):
+    """The run dir holds another run's files."""
+
+
+# What Hydra itself writes into the run dir before the run starts: never another run's.
+_HYDRA_FILES = (".hydra",)
+
+
+def _same_run(text: str, other: str) -> bool:
+    """Whether two config.yaml texts are the same run: every key both have holds the same
+    value, `resume_from` and `overwrite` aside (how an attempt starts, not what it computes).
+    A key only one has is a key added or removed by a code update, not another run."""
+
+    def flat(node: Any, key: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {key: node}
+        return {k: v for name, sub in node.items() for k, v in flat(sub, f"{key}.{name}").items()}
+
+    try:
+        mine, theirs = (flat(OmegaConf.to_container(OmegaConf.create(t))) for t in (text, other))
+    except Exception:  # not a config we can read: not this run's
+        return False
+    common = (mine.keys() & theirs.keys()) - {".resume_from", ".overwrite"}
+    return ".method.name" in common and all(mine[k] == theirs[k] for k in common)
+
+
+def claim_run_dir(run_dir: Path, config_text: str, overwrite: bool) -> None:
+    """Refuse a run dir that holds another run's files (a different or no config.yaml):
+    rotating checkpoints there would delete that run's, and its files would mix with this
+    run's. `overwrite=true` empties it first. The same config (resume_from aside) is this
+    run's own dir: a resume, or a rerun that replaces its files."""
+    if not run_dir.is_dir():
+        return
+    found = [
+        p for p in run_dir.iterdir() if p.name not in _HYDRA_FILES and not p.name.endswith(".log")
+    ]
+    if not found:
+        return
+    config = run_dir / "config.yaml"
+    if config.is_file() and _same_run(config.read_text(), config_text):
+        return
+    if not overwrite:
+        what = "a run with another config" if config.is_file() else "files of something else"
+        raise RunDirInUse(
+            f"run dir {run_dir} holds {what}; choose another hydra.run.dir, or pass "
+            "overwrite=true to delete its contents"
+        )
+    log.warning("overwrite=true: deleting the contents of %s", run_dir)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _stopped(cfg: DictConfig, attempt: _Attempt, stop: BaseException, guard: Any) -> NoReturn:
+    """Record and report a run stopped by a signal (`Interrupted` after its checkpoint, or
+    `signals.Stop` anywhere else), then exit 128 + the signal's number. In a multirun the
+    sweep stops too: its report is written and the process exits, so no further job starts.
+
+    `metrics.json` is written only in a run dir this run has claimed (a stop while the config
+    was validated leaves the dir as it was: it may hold another run's files).
+    """
+    signum = guard.signum or getattr(stop, "signum", None) or signal.SIGINT
+    name = signals.signal_name(signum)
+    run_dir = Path(cfg.paths.output_dir)
+    if isinstance(stop, UpstreamInterrupted):  # an upstream stage's build, kept to resume
+        where, phase = Path(str(stop.run_dir)), "upstream"
+        step, line = _checkpoint_step(where), f"{name}: {stop}"
+    elif isinstance(stop, Interrupted):  # training stopped after this step's checkpoint
+        where, phase, step = Path(str(stop.run_dir)), "training", stop.step
+        line = f"interrupted by {name} during training at step {step}; checkpoint saved"
+    else:
+        where, phase = run_dir, guard.phase or stop.phase
+        step = _checkpoint_step(where)
+        how = "stopped at once by a second " if stop.forced else "interrupted by "
+        saved = "no checkpoint yet" if step is None else f"latest checkpoint: step {step}"
+        during = "before it started" if phase == "idle" else f"during {phase}"
+        line = f"{how}{name} {during} ({saved})"
+    multirun = _in_multirun()
+    if multirun:
+        command = _command(_user_args("hydra.sweep.dir="), [f"hydra.sweep.dir={run_dir.parent}"])
+    else:
+        command = _resume_command(where, checkpoint=_checkpoint_step(where) is not None)
+    if attempt.finished:  # the signal came while the finished run was being stored
+        line = f"{name} received as the run finished; its results are in {run_dir}"
+    elif attempt.marker is not None:
+        _record_interrupt(cfg, attempt.run, line, name, phase, step, command)
+    if attempt.marker is not None:  # not running any more, also for the report below
+        attempt.marker.unlink(missing_ok=True)
+    if not multirun:
+        print(line if attempt.finished else f"{line}\nresume with: {command}", file=sys.stderr)
+        signals.exit_process(signals.exit_code(signum))
+    if attempt.marker is None:  # stopped before it started: leave no job behind
+        _discard_unstarted(run_dir)
+    report = _sweep_report(run_dir.parent, f"{name} during job `{run_dir.name}`")
+    print(
+        f"{run_dir.name}: {line}\nsweep stopped: no further job starts; report: {report}\n"
+        f"continue with: {command}",
+        file=sys.stderr,
+    )
+    signals.exit_process(signals.exit_code(signum))
+
+
+def _discard_unstarted(job_dir: Path) -> None:
+    """Remove a sweep job's dir that holds only what Hydra wrote before the job started
+    (`.hydra/`, empty logs): a job stopped before it began is not one of the sweep's runs."""
+    try:
+        contents = list(job_dir.iterdir())
+        if all(
+            p.name == ".hydra" or (p.suffix == ".log" and not p.stat().st_size) for p in contents
+        ):
+            shutil.rmtree(job_dir)
+    except OSError:
+        log.debug("could not remove %s", job_dir, exc_info=True)
+
+
+def _checkpoint_step(run_dir: Path) -> int | None:
+    """Step of the newest complete checkpoint in `run_dir` (trainer `checkpoint-N`, PPO
+    `step-N`; complete = has training.CHECKPOINT_COMPLETE), None without one."""
+    steps = [
+        int(p.parent.name.rsplit("-", 1)[-1])
+        for p in Path(run_dir).glob("checkpoints/*-*/COMPLETE")
+        if p.parent.name.rsplit("-", 1)[-1].isdigit()
+    ]
+    return max(steps, default=None)
+
+
+# Overrides a resume or a sweep's continuation must not repeat: where to run, how to start.
+_NOT_REPEATED = ("hydra.run.dir=", "hydra.sweep.dir=", "resume_from=", "overwrite=")
+
+
+def _user_args(*drop: str) -> list[str]:
+    """This process's command-line arguments (hydra flags and overrides), without those
+    starting with `drop` (with or without a +/++/~ prefix)."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = []
-    if HydraConfig.initialized():
-        overrides = [
-            o for o in HydraConfig.get().overrides.task if not o.startswith("resume_from=")
-        ]
-    return " ".join(["python run.py", *overrides, f"hydra.run.dir={run_dir}", "resume_from=latest"])
+    if sys.argv and sys.argv[0].endswith(".py"):
+        args = sys.argv[1:]
+    elif HydraConfig.initialized():  # called without run.py's command line (a test)
+        args = list(HydraConfig.get().overrides.task)
+    else:
+        args = []
+    return [a for a in args if not a.lstrip("+~").startswith(drop)]
+
+
+def _command(args: list[str], extra: list[str]) -> str:
+    """A shell command that runs this entry script (as the user invoked it) with `args`."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "run.py"
+    if os.path.isabs(script) and not os.path.relpath(script).startswith(".."):
+        script = os.path.relpath(script)  # the command runs from the same working dir
+    return shlex.join(["python", script, *args, *extra])
+
+
+def _resume_command(run_dir: Path, checkpoint: bool) -> str:
+    """The user's command in `run_dir`: from its latest checkpoint when it has one, else
+    again from the start (the user's own `resume_from`, if any, kept)."""
+    if not checkpoint:
+        args = _user_args("hydra.run.dir=", "overwrite=")
+        return _command(args, [f"hydra.run.dir={run_dir}"])
+    return _command(_user_args(*_NOT_REPEATED), [f"hydra.run.dir={run_dir}", "resume_from=latest"])
+
+
+def _record_interrupt(
+    cfg: DictConfig,
+    run: RunConfig | None,
+    line: str,
+    signal_name: str,
+    phase: str,
+    step: int | None,
+    command: str,
+) -> None:
+    """`metrics.json` with `status: interrupted`, what stopped where, and how to go on."""
+    if not is_main_process():
+        return
+    record: dict[str, Any] = {"method": OmegaConf.select(cfg, "method.name", default="?")}
+    knob = type(run.method).KL_KNOB if run is not None else None
+    if knob is not None:
+        record["knob"] = f"{knob}={getattr(run.method, knob)}"
+    record |= {
+        "status": "interrupted",
+        "signal": signal_name,
+        "phase": phase,
+        "step": step,
+        "message": line,
+        "resume": command,
+    }
+    try:
+        path = Path(cfg.paths.output_dir) / "metrics.json"
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    except Exception:  # the stop being reported matters more than this record of it
+        log.debug("could not record the interrupt in metrics.json", exc_info=True)
+
+
+def _sweep_report(sweep_dir: Path, interrupted: str) -> Path | str:
+    """The sweep's comparison report, written now that the sweep stops; never raises."""
+    from rlhf_exp.compare import build_report
+
+    try:
+        return build_report(sweep_dir, interrupted=interrupted)
+    except Exception as err:  # a report that cannot be built must not hide the stop
+        return f"not written ({type(err).__name__}: {err})"
+
+
+def _mark_running(run_dir: Path) -> Path:
+    """Write the RUNNING marker that `rlhf-compare` reads (which process runs the job)."""
+    from rlhf_exp.compare import RUNNING_MARKER
+
+    marker = run_dir / RUNNING_MARKER
+    atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return marker
 
 
 def _in_multirun() -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
+from rlhf_exp import signals
 from rlhf_exp.config.dpo import DPOSpec
 from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.context import RunContext
@@ -132,7 +133,9 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     knobs = "method.max_length / method.max_completion_length"
     require_rows(train, "pref_train", knobs)
     require_rows(test, "pref_test", knobs)
-    trainer = build_trainer(cfg, ctx, init, model, tokenizer, train.dataset, test.dataset)
+    # scoring every pair with the reference takes minutes on real data: a signal stops it
+    with signals.phase("precompute" if spec.precompute_ref_log_probs else "setup"):
+        trainer = build_trainer(cfg, ctx, init, model, tokenizer, train.dataset, test.dataset)
     setup_s = time.perf_counter() - started  # tokenising, and scoring pairs with the reference
     trainable, total = count_parameters(trainer.model)
     log.info("dpo: %d of %d parameters trainable", trainable, total)

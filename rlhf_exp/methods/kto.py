@@ -38,6 +38,7 @@ from typing import Any
 from datasets import Dataset
 from trl import KTOConfig, KTOTrainer
 
+from rlhf_exp import signals
 from rlhf_exp.config.kto import KTOSpec
 from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.context import RunContext
@@ -275,7 +276,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
     started = time.perf_counter()
     train, test, task = _tokenized_rows(cfg, ctx, ctx.task(tokenizer), tokenizer)
-    trainer = build_trainer(cfg, ctx, init, model, tokenizer, train, test)
+    with signals.phase("precompute" if spec.precompute_ref_log_probs else "setup"):
+        trainer = build_trainer(cfg, ctx, init, model, tokenizer, train, test)
     setup_s = time.perf_counter() - started  # tokenising, and scoring rows with the reference
     trainable, total = count_parameters(trainer.model)
     log.info("kto: %d of %d parameters trainable", trainable, total)

@@ -21,13 +21,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from rlhf_exp import signals
 from rlhf_exp.config.ppo import PPOSpec
 from rlhf_exp.errors import Interrupted, NonFiniteError
 from rlhf_exp.methods.ppo import checkpoint, core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
 from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect
 from rlhf_exp.rl import response_logprobs
-from rlhf_exp.training import TrainingGuard
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class PPOTrainer:
         else:
             self.kl_ctl = core.FixedKLController(spec.kl_coef)
         self.step = 0
+        self.last_metrics: dict[str, float] = {}  # of the latest iteration (checkpointed)
+        self.curve: list[dict[str, Any]] = []  # the periodic evaluations so far (checkpointed)
 
     @property
     def unwrapped(self) -> PolicyAndValue:
@@ -98,7 +100,13 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------------------- state
     def save(self) -> None:
-        state = {"kl_ctl": self.kl_ctl.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            # the last iteration's metrics: a run resumed after its last step reports them
+            "metrics": self.last_metrics,
+            "curve": self.curve,
+        }
         checkpoint.save(
             self.checkpoint_dir,
             self.step,
@@ -116,16 +124,19 @@ class PPOTrainer:
         self.step = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.last_metrics = dict(state.get("metrics", {}))
+        self.curve = list(state.get("curve", []))
         log.info("ppo: resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------------------ loop
     def train(self, on_step: Callable[[int, dict[str, float]], None]) -> dict[str, float]:
         """Run iterations up to `total_steps`; `on_step(step, metrics)` sees each one.
 
-        SIGINT/SIGTERM finish the current iteration, checkpoint it and raise `Interrupted`;
+        Runs in the `training` phase (`rlhf_exp.signals`): SIGINT/SIGTERM finish the current
+        iteration, checkpoint it and raise `Interrupted` (a second signal stops at once);
         a non-finite loss, reward or KL raises `NonFiniteError` before that step is saved.
         """
-        metrics: dict[str, float] = {}
+        metrics = self.last_metrics
         # this session's totals (a resumed run counts from its resume point): benchmarks
         # read throughput from them rather than from one iteration
         totals = {
@@ -134,16 +145,15 @@ class PPOTrainer:
             "throughput/tokens_total": 0.0,
             "throughput/sequence_tokens_total": 0.0,
         }
-        guard = TrainingGuard()
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
             desc="ppo",
             disable=not self.accelerator.is_main_process,
         )
-        with guard.handling_signals():
+        with signals.phase("training", deferred=True):
             while self.step < self.total_steps:
-                metrics = self.iteration()
+                metrics = self.last_metrics = self.iteration()
                 for key, name in (
                     ("time/rollout_total_s", "time/rollout_s"),
                     ("time/update_total_s", "time/update_s"),
@@ -159,12 +169,15 @@ class PPOTrainer:
                     kl=f"{metrics['objective/kl']:.3f}",
                 )
                 on_step(self.step, metrics)
-                stop = self._any_process_signalled(guard)
+                stop = self._any_process_signalled()
                 if stop or self.step % self.spec.save_steps == 0 or self.step == self.total_steps:
                     self.save()
                 if stop:
                     bar.close()
                     raise Interrupted(Path(self.checkpoint_dir).parent, self.step)
+            if self._any_process_signalled():  # came while the last step was saved
+                raise Interrupted(Path(self.checkpoint_dir).parent, self.step)
+        signals.rename_phase("evaluation")  # what follows training: saving and evaluating
         bar.close()
         seconds = totals["time/rollout_total_s"] + totals["time/update_total_s"]
         totals["throughput/tokens_per_s_total"] = totals["throughput/tokens_total"] / max(
@@ -172,9 +185,9 @@ class PPOTrainer:
         )
         return metrics | totals
 
-    def _any_process_signalled(self, guard: TrainingGuard) -> bool:
+    def _any_process_signalled(self) -> bool:
         """True on every process once any of them got a signal, so they all save and stop."""
-        flag = torch.tensor(float(guard.stop_signal is not None), device=self.accelerator.device)
+        flag = torch.tensor(float(signals.stop_requested()), device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, "sum").item() > 0)
 
     def iteration(self) -> dict[str, float]:
