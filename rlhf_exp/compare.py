@@ -2,11 +2,17 @@
 
     python -m rlhf_exp.compare outputs/multiruns/2026-11-23/20-00-00
 
-Reads files only (each job's `.hydra/overrides.yaml`, `metrics.json`, `run.log` and
-TensorBoard events), never models, so it also rebuilds the report of a sweep that partly
-failed: a job without a `metrics.json`, or whose metrics say `status: failed`, is listed as
-failed with the last error line of its log. A run's knob is its method's KL knob (DPO's
-`beta`, PPO's `kl_coef`), as recorded in its metrics.
+Reads files only (each job's `.hydra/overrides.yaml`, `metrics.json`, `config.yaml`, its
+`RUNNING` marker, `run.log` and TensorBoard events), never models, so it also reports on a
+sweep that partly failed, was interrupted, or is still running. A job is
+- finished: `metrics.json` without a `status`;
+- failed: `status: failed`, or no `metrics.json` and no marker (listed with the last error
+  line of its log);
+- interrupted: `status: interrupted` (a signal stopped it; it resumes when the sweep is run
+  again), or a `RUNNING` marker whose process is gone (killed);
+- running: a `RUNNING` marker of a live process (or of another host, which cannot be checked).
+A run's method and knob (its method's KL knob: DPO's `beta`, PPO's `kl_coef`) come from its
+metrics, else from the config it ran with (`config.yaml`, else Hydra's `.hydra/config.yaml`).
 
 The score a sweep is judged by is picked once for the whole report (`report_score`): the gold
 reward when any job logged one, else the learned reward model's score (real preference data
@@ -20,6 +26,8 @@ import functools
 import json
 import logging
 import math
+import os
+import socket
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,7 +37,14 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
+from rlhf_exp import frontier, overoptimization
+from rlhf_exp.artifacts import atomic_write_text
+
 log = logging.getLogger(__name__)
+
+# Written by the runner into a job's dir while the job runs ({"pid": ..., "host": ...}) and
+# removed when it ends, however it ends; a marker left behind means the process was killed.
+RUNNING_MARKER = "RUNNING"
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,8 @@ RM = Score(
 )
 # Reward-model jobs: held-out pair accuracy next to what words alone reach on the same pairs
 # (`rlhf_exp.lexical_baseline`); shown when any job logged them.
+# Preference labels a run learned from, directly or through its reward model (data/policy_pairs).
+LABELS_USED = "data/labels/used"
 ACCURACY_COLUMNS = [
     ("eval/accuracy", "RM accuracy"),
     ("eval/accuracy_lexical_baseline", "lexical baseline accuracy"),
@@ -84,11 +101,22 @@ class Job:
     path: Path
     overrides: dict[str, str]
     metrics: dict[str, Any] = field(default_factory=dict)
+    status: str = "finished"  # or failed, interrupted, running (module docstring)
     error: str | None = None  # set when the job failed
+    detail: str = ""  # what stopped an interrupted job, where a running one runs
+    config: dict[str, str] = field(default_factory=dict)  # method, knob from its config
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
 
     @property
     def method(self) -> str:
-        return str(self.metrics.get("method") or self.overrides.get("method", "?"))
+        return str(
+            self.metrics.get("method")
+            or self.config.get("method")
+            or self.overrides.get("method", "?")
+        )
 
     @property
     def seed(self) -> str:
@@ -102,6 +130,66 @@ def _last_error(job_dir: Path) -> str:
     return (errors or lines or ["no metrics.json and no log"])[-1].strip()[:200]
 
 
+def _interruption(metrics: dict[str, Any]) -> str:
+    """`SIGTERM during training at step 40` from an interrupted job's metrics."""
+    phase, step = metrics.get("phase", "?"), metrics.get("step")
+    text = f"{metrics.get('signal', 'signal')} during {phase}"
+    if phase == "training":
+        return f"{text} at step {step}"
+    return f"{text}, " + ("no checkpoint yet" if step is None else f"checkpoint of step {step}")
+
+
+def _running(marker: Path) -> tuple[bool, str]:
+    """(alive, where) of the process a RUNNING marker names; another host's counts as alive
+    (it cannot be checked from here)."""
+    try:
+        owner = json.loads(marker.read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, ""
+    if host != socket.gethostname():
+        return True, f"pid {pid} on {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, ""
+    except PermissionError:  # alive, another user's
+        pass
+    return True, f"pid {pid}"
+
+
+@functools.cache
+def _kl_knobs() -> dict[str, str | None]:
+    """Method name -> the key of its KL knob, from the method schemas (no torch imported)."""
+    try:
+        from rlhf_exp.config.schema import _method_specs
+
+        return {name: spec.KL_KNOB for name, spec in _method_specs().items()}
+    except Exception:  # a report from files alone: the overrides are the fallback
+        log.debug("method schemas not importable; knobs from overrides only", exc_info=True)
+        return {}
+
+
+def _config_info(job_dir: Path) -> dict[str, str]:
+    """{"method", "knob"} from the config the job ran with: the runner's resolved
+    `config.yaml`, else Hydra's `.hydra/config.yaml` (written before the job started)."""
+    for name in ("config.yaml", ".hydra/config.yaml"):
+        try:
+            config = yaml.safe_load((job_dir / name).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        method = config.get("method") if isinstance(config, dict) else None
+        if not isinstance(method, dict) or not method.get("name"):
+            continue
+        info = {"method": str(method["name"])}
+        key = _kl_knobs().get(info["method"])
+        value = method.get(key) if key else None
+        if value is not None and not str(value).startswith("${"):
+            info["knob"] = f"{key}={value}"
+        return info
+    return {}
+
+
 def load_jobs(sweep_dir: Path) -> list[Job]:
     """Every job dir of the sweep (a dir with `.hydra/overrides.yaml`), finished or not."""
     jobs = []
@@ -110,22 +198,34 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         items = yaml.safe_load(overrides_file.read_text()) or []
         overrides = dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
         job = Job(job_dir.name, job_dir, overrides)
-        metrics_file = job_dir / "metrics.json"
-        if metrics_file.is_file():
+        metrics_file, marker = job_dir / "metrics.json", job_dir / RUNNING_MARKER
+        alive, where = _running(marker) if marker.is_file() else (False, "")
+        if alive:  # a metrics.json there is an earlier attempt's
+            job.status, job.detail = "running", where
+        elif metrics_file.is_file():
             job.metrics = json.loads(metrics_file.read_text())
-            if job.metrics.get("status") == "failed":
+            job.status = str(job.metrics.get("status", "finished"))
+            if job.status == "failed":
                 job.error = str(job.metrics.get("error", "failed"))
+            elif job.status == "interrupted":
+                job.detail = _interruption(job.metrics)
+        elif marker.is_file():
+            job.status, job.detail = "interrupted", "killed (no metrics.json)"
         else:
-            job.error = _last_error(job_dir)
+            job.status, job.error = "failed", _last_error(job_dir)
+        if not job.finished or "knob" not in job.metrics:
+            job.config = _config_info(job_dir)
         jobs.append(job)
     return jobs
 
 
 def knob_of(job: Job) -> str:
-    """The method's KL knob as `key=value` (from metrics.json), else the `method.*` keys the
-    job's overrides set ("-" when none)."""
+    """The method's KL knob as `key=value` (from metrics.json, else from the job's config),
+    else the `method.*` keys the job's overrides set ("-" when none)."""
     if "knob" in job.metrics:
         return str(job.metrics["knob"])
+    if "knob" in job.config:
+        return job.config["knob"]
     keys = sorted(k for k in job.overrides if k.startswith("method."))
     return ",".join(f"{k.removeprefix('method.')}={job.overrides[k]}" for k in keys) or "-"
 
@@ -150,6 +250,8 @@ def columns(jobs: list[Job], score: Score | None = None) -> list[tuple[str, str]
     cols = [(score.key, score.title), ("eval/kl", "KL"), *rm, ("eval/bleu", "BLEU")]
     cols.append((score.win_key, score.win_title))
     cols += [c for c in ACCURACY_COLUMNS if any(c[0] in j.metrics for j in jobs)]
+    if any(LABELS_USED in j.metrics for j in jobs):  # the matched label budget, per method
+        cols.append((LABELS_USED, "labels used"))
     cols += [("eval/length_mean", "length"), ("time/wall_s", "wall s")]
     return [*cols, ("memory/peak_rss_mb", "peak MB")]
 
@@ -177,10 +279,13 @@ def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
     head += [title for _, title in cols[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
-    for job in sorted(jobs, key=lambda j: (j.method, knob_of(j), j.seed)):
+    for job in sorted(jobs, key=lambda j: (j.method, frontier.knob_order(knob_of(j)), j.seed)):
         knob = knob_of(job)
-        if job.error is not None:
-            cells = [job.name, job.method, knob, job.seed, f"**failed**: {job.error}"]
+        if not job.finished:
+            what = f"**{job.status}**" + (
+                f": {job.error or job.detail}" if job.error or job.detail else ""
+            )
+            cells = [job.name, job.method, knob, job.seed, what]
             cells += [""] * (len(head) - len(cells))
         else:
             groups[(job.method, knob)].append(job)
@@ -190,7 +295,9 @@ def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
 
     agg = ["| method | knob | seeds | " + " | ".join(t for _, t in cols) + " |"]
     agg.append("|" + "---|" * (3 + len(cols)))
-    for (method, knob), members in sorted(groups.items()):
+    for (method, knob), members in sorted(
+        groups.items(), key=lambda g: (g[0][0], frontier.knob_order(g[0][1]))
+    ):
         cells = [method, knob, str(len(members))]
         for key, _ in cols:
             vals = [j.metrics[key] for j in members if isinstance(j.metrics.get(key), (int, float))]
@@ -203,44 +310,64 @@ def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
 def _series(jobs: list[Job]) -> dict[str, list[tuple[str, list[Job]]]]:
     by_method: dict[str, dict[str, list[Job]]] = defaultdict(lambda: defaultdict(list))
     for job in jobs:
-        if job.error is None:
+        if job.finished:
             by_method[job.method][knob_of(job)].append(job)
-    return {m: sorted(k.items()) for m, k in by_method.items()}
+    return {
+        m: sorted(k.items(), key=lambda item: frontier.knob_order(item[0]))
+        for m, k in by_method.items()
+    }
 
 
 def plot_frontier(jobs: list[Job], out: Path, score: Score | None = None) -> Path | None:
-    """The sweep's score (`report_score`) against KL, one series per method, a point per knob
-    with std over seeds."""
+    """The sweep's score (`report_score`) against KL, one series per method: every seed's run
+    as a faint point, each knob's mean over seeds with its 95% interval over seeds and prompts
+    (`frontier.cells_of`) and the std of its KL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     score = score or report_score(jobs)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
     plotted = False
     for method, knobs in _series(jobs).items():
-        points = []
-        for knob, members in knobs:
-            kl = [j.metrics["eval/kl"] for j in members if "eval/kl" in j.metrics]
-            ys = [j.metrics[score.key] for j in members if score.key in j.metrics]
-            if kl and ys:
-                points.append(
-                    (
-                        statistics.fmean(kl),
-                        statistics.fmean(ys),
-                        statistics.pstdev(kl),
-                        statistics.pstdev(ys),
-                        knob,
-                    )
-                )
-        if not points:
+        cells = frontier.cells_of({(method, knob): members for knob, members in knobs}, score.key)
+        if not cells:
             continue
-        points.sort()
-        xs, ys, xerr, yerr, labels = zip(*points, strict=True)
-        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=method)
-        for x, y, label in zip(xs, ys, labels, strict=True):
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        by_knob = dict(knobs)
+        kl_std = [
+            statistics.pstdev(
+                [j.metrics["eval/kl"] for j in by_knob[c.knob] if "eval/kl" in j.metrics]
+            )
+            for c in cells
+        ]
+        cells_kl = sorted(zip(cells, kl_std, strict=True), key=lambda ck: ck[0].kl)
+        xs = [c.kl for c, _ in cells_kl]
+        ys = [c.score for c, _ in cells_kl]
+        yerr = [[c.score - c.low for c, _ in cells_kl], [c.high - c.score for c, _ in cells_kl]]
+        line = ax.errorbar(
+            xs, ys, xerr=[e for _, e in cells_kl], yerr=yerr, marker="o", capsize=3, label=method
+        )
+        seeds = [j for _, members in knobs for j in members]
+        ax.scatter(
+            [
+                j.metrics["eval/kl"]
+                for j in seeds
+                if "eval/kl" in j.metrics and score.key in j.metrics
+            ],
+            [
+                j.metrics[score.key]
+                for j in seeds
+                if "eval/kl" in j.metrics and score.key in j.metrics
+            ],
+            s=12,
+            alpha=0.35,
+            color=line.lines[0].get_color(),
+        )
+        for c, _ in cells_kl:
+            ax.annotate(
+                c.knob, (c.kl, c.score), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         plotted = True
     if not plotted:
         plt.close(fig)
@@ -248,10 +375,11 @@ def plot_frontier(jobs: list[Job], out: Path, score: Score | None = None) -> Pat
     ax.set(
         xlabel="KL(policy || reference), nats per completion",
         ylabel=score.axis,
-        title="Reward vs KL frontier",
+        title="Reward vs KL frontier (points: seeds; bars: 95% CI over seeds x prompts)",
     )
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     path = out / "frontier.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -288,7 +416,7 @@ def plot_curves(jobs: list[Job], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [j for j in jobs if j.error is None and (j.path / "tensorboard").is_dir()]
+    done = [j for j in jobs if j.finished and (j.path / "tensorboard").is_dir()]
     rows: dict[str, dict[str, list[tuple[Job, list]]]] = {}
     for job in done:
         for tag in CURVE_TAGS:
@@ -351,8 +479,88 @@ def plot_bars(jobs: list[Job], out: Path, score: Score | None = None) -> Path | 
     return path
 
 
-def build_report(sweep_dir: Path) -> Path:
-    """Write `comparison.md` (and the PNGs it links) into `sweep_dir`; returns its path."""
+def _status_paragraphs(jobs: list[Job], sweep_dir: Path, interrupted: str | None) -> list[str]:
+    """What a report of an unfinished sweep says first: interrupted (and how to continue),
+    still running (a snapshot)."""
+    stopped = [j for j in jobs if j.status == "interrupted"]
+    parts = []
+    if interrupted or stopped:
+        how = next((j.metrics["resume"] for j in stopped if "resume" in j.metrics), None)
+        how = f"`{how}`" if how else f"its command again with `hydra.sweep.dir={sweep_dir}`"
+        parts += [
+            f"**Sweep interrupted**{f' ({interrupted})' if interrupted else ''}: the jobs after "
+            f"it did not start. Continue it with {how}: finished jobs are skipped, interrupted "
+            "ones resume from their latest checkpoint.",
+            "",
+        ]
+    running = sum(j.status == "running" for j in jobs)
+    if running:
+        parts += [f"{running} of the runs are still running: this report is a snapshot.", ""]
+    return parts
+
+
+def _labels_paragraph(jobs: list[Job]) -> list[str]:
+    """The label budget the sweep's methods shared, and where its labels came from."""
+    budgets = {j.metrics.get("data/labels/budget") for j in jobs if j.finished} - {None}
+    if not budgets:
+        return []
+    policy = any(j.metrics.get("data/labels/policy_pairs") == 1.0 for j in jobs)
+    agree = [
+        j.metrics["data/labels/agreement_with_gold"]
+        for j in jobs
+        if "data/labels/agreement_with_gold" in j.metrics
+    ]
+    source = (
+        "pairs sampled from the SFT policy and labelled by the gold reward"
+        + (
+            f" ({statistics.fmean(agree):.0%} of labels agree with the gold ranking)"
+            if agree
+            else ""
+        )
+        if policy
+        else "the dataset's own pairs"
+    )
+    budget = ", ".join(f"{b:.0f}" for b in sorted(budgets))
+    same = "every method the same budget" if len(budgets) == 1 else "budgets differ between runs"
+    return [
+        f"Label budget: {budget} preference labels, {source}; {same}. `labels used`: what each "
+        "run learned from (directly for reward, DPO and KTO; through the reward model for "
+        "PPO, RLOO, GRPO, online DPO and best-of-n; 0 with a gold or programmatic reward).",
+        "",
+    ]
+
+
+def _frontier_section(jobs: list[Job], score: Score) -> list[str]:
+    """Each method+knob's score with its interval over seeds and prompts, and the reading."""
+    groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
+    for job in jobs:
+        if job.finished:
+            groups[(job.method, knob_of(job))].append(job)
+    cells = frontier.cells_of(groups, score.key)
+    if not cells:
+        return []
+    parts = [
+        "## Frontier: each setting over seeds and prompts",
+        "",
+        f"{score.title[0].upper()}{score.title[1:]} per method and knob: mean over seeds of "
+        "the mean over held-out prompts, with a hierarchical bootstrap 95% interval (seeds "
+        "resampled, then each seed's prompts), and mean KL. frontier.png plots the same.",
+        "",
+        frontier.cells_table(cells, score.title),
+        "",
+    ]
+    text = frontier.reading(cells, "dpo", score.title)
+    if text:
+        parts += ["## Reading", "", text, ""]
+    return parts
+
+
+def build_report(sweep_dir: Path, interrupted: str | None = None) -> Path:
+    """Write `comparison.md` (and the PNGs it links) into `sweep_dir`; returns its path.
+
+    `interrupted`: the sweep was stopped by a signal (what stopped it), which the report says
+    first, with how to continue; the report of the jobs so far is written as usual.
+    """
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     if not jobs:
@@ -367,12 +575,16 @@ def build_report(sweep_dir: Path) -> Path:
         )
         if p is not None
     ]
-    failed = sum(j.error is not None for j in jobs)
+    counts = f"{len(jobs)} runs, {sum(j.status == 'failed' for j in jobs)} failed"
+    for status in ("interrupted", "running"):
+        if any(j.status == status for j in jobs):
+            counts += f", {sum(j.status == status for j in jobs)} {status}"
     interval = " with a bootstrap 95% interval" if _has_ci(jobs, score) else ""
     parts = [
         f"# Comparison: {sweep_dir.name}",
         "",
-        f"{len(jobs)} runs, {failed} failed. {score.title[0].upper()}{score.title[1:]}: mean "
+        *_status_paragraphs(jobs, sweep_dir, interrupted),
+        f"{counts}. {score.title[0].upper()}{score.title[1:]}: mean "
         f"over held-out prompts{interval}; KL: sequence-level KL(policy || SFT) from sampled "
         "completions; BLEU: overlap with the preferred references (not a quality score).",
         "",
@@ -384,10 +596,15 @@ def build_report(sweep_dir: Path) -> Path:
             "directly, not ground truth; win rates are by the RM score too.",
             "",
         ]
+    parts += _labels_paragraph(jobs)
     parts += [markdown_table(jobs, score), ""]
+    parts += _frontier_section(jobs, score)
     parts += [f"![{p.stem}]({p.name})" for p in plots]
+    if overoptimization.has_curves(jobs):  # best-of-n / PPO curves: their own report
+        curves = overoptimization.build_report(sweep_dir, jobs)
+        parts += ["", f"Reward over-optimisation curves and fits: [{curves.name}]({curves.name})"]
     report = sweep_dir / "comparison.md"
-    report.write_text("\n".join(parts) + "\n")
+    atomic_write_text(report, "\n".join(parts) + "\n")
     return report
 
 

@@ -9,8 +9,11 @@ there first on a miss; a method never trains another stage as a side effect.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import logging
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -19,15 +22,18 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rlhf_exp.artifacts import ArtifactCache
+from rlhf_exp.artifacts import OWNER_FILE, ArtifactCache
 from rlhf_exp.config.schema import DatasetSpec, RunConfig, method_spec
 from rlhf_exp.distributed import world_size
-from rlhf_exp.errors import UserError
+from rlhf_exp.errors import Interrupted, UserError
 from rlhf_exp.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Cache kinds built from a run's data alone (the tiny base, the rows, their tokenisation):
+# removed again when the run is rejected (`runner.execute`); trained stages are kept.
+DATA_KINDS = ("base", "data")
 # Bump when the tiny model builder changes, so cached tiny bases are rebuilt.
 TINY_BUILDER_VERSION = 1
 
@@ -79,10 +85,13 @@ class RunContext:
         return str(self.cache.get_or_build("base", key, build) / "model")
 
     def task(self, tokenizer: Any) -> Any:
-        """The dataset's normalised splits (`rlhf_exp.data.TaskData`)."""
+        """The dataset's normalised splits (`rlhf_exp.data.TaskData`), with this run's
+        preference labels (`data/policy_pairs.py`)."""
         from rlhf_exp.data import load_task
+        from rlhf_exp.data.policy_pairs import with_labels
 
-        return load_task(self.run.dataset, tokenizer, self.cache.root)
+        # the preference labels this run may use: policy-sampled pairs, the label budget
+        return with_labels(load_task(self.run.dataset, tokenizer, self.cache.root), self)
 
     def reward_scorer(self, device: Any = None) -> Any:
         """The learned reward model of this run's model+data (upstream `reward`) as a scorer,
@@ -145,9 +154,27 @@ class RunContext:
             )
         return self.stages[stage]
 
+    def upstream_metrics(self, stage: str) -> dict[str, Any]:
+        """What upstream `stage` reported when it was trained, from its cache entry's
+        `metrics.json`: its `eval/*` (a reward model's held-out `eval/accuracy`) and
+        `train/pairs`, plus `entry`, the entry's name (which model it was). {} when the stage
+        was not resolved for this run or came from a user's path without metrics."""
+        import json
+
+        if stage not in self.stages:
+            return {}
+        entry = self.stages[stage].parent
+        try:
+            metrics = json.loads((entry / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        keep = {k: v for k, v in metrics.items() if k.startswith("eval/") or k == "train/pairs"}
+        return {"entry": entry.name, **keep}
+
     def resolve_stages(self, stages: Sequence[str]) -> None:
         """Resolve each of `stages`: the user's explicit path, else the cache, where a miss
-        trains the stage first (under the cache's lock, in its own temp dir)."""
+        trains the stage first (under the cache's lock, in the key's build dir, continuing
+        an interrupted build of the same key from its last complete checkpoint)."""
         for stage in stages:
             self.stages[stage] = self._resolve(stage)
 
@@ -165,15 +192,59 @@ class RunContext:
                 "with the same model/dataset/lora/debug)"
             )
 
-        def build(tmp: Path) -> None:
+        def build(work: Path) -> None:
             from rlhf_exp.runner import execute  # the runner runs stages; it imports us
+            from rlhf_exp.training import has_complete_checkpoint
 
+            # `work` is the key's stable build dir: an interrupted build of the same key left
+            # its checkpoints there, and resuming one gives what an uninterrupted build gives.
+            run = child
+            if has_complete_checkpoint(work / "checkpoints"):
+                log.warning("upstream %s: resuming its interrupted build in %s", stage, work)
+                run = dataclasses.replace(child, resume_from="latest")
+            elif any(p.name != OWNER_FILE for p in work.iterdir()):
+                log.warning(
+                    "upstream %s: an interrupted build in %s left no complete checkpoint; "
+                    "starting it fresh",
+                    stage,
+                    work,
+                )
+                for p in work.iterdir():
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.name != OWNER_FILE:
+                        p.unlink()
             # Training the stage here (a cache miss) draws random numbers; without this, a
             # run's results would depend on whether its upstream stages were cached.
             with preserved_rng():
-                execute(child, tmp, self.cache)
+                execute(run, work, self.cache)
+            # the optimiser states are not part of the stage's output
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
 
-        return self.cache.get_or_build(stage, stage_key(child), build) / "model"
+        key = stage_key(child)
+        try:
+            return self.cache.get_or_build(stage, key, build, resumable=True) / "model"
+        except UpstreamInterrupted as err:  # a stage further up: keep its message
+            raise UpstreamInterrupted(self.run_dir, err.step, str(err)) from None
+        except Interrupted as err:
+            # The printed resume command is this run's own (its dir, resume_from=latest):
+            # rerun, it resolves this stage again and the build continues from its checkpoint.
+            where = self.cache.build_dir(stage, key) / "checkpoints"
+            raise UpstreamInterrupted(
+                self.run_dir,
+                err.step,
+                f"interrupted at step {err.step} while training upstream stage {stage!r}; "
+                f"its checkpoint is kept in {where} and the same run resumes it",
+            ) from None
+
+
+class UpstreamInterrupted(Interrupted):
+    """An upstream stage's training was stopped by a signal; `run_dir` is the dir of the run
+    that needed it (the one to rerun), the message says where the stage's checkpoint is."""
+
+    def __init__(self, run_dir: object, step: int, message: str) -> None:
+        super().__init__(run_dir, step)
+        self.args = (message,)
 
 
 @contextmanager
@@ -193,6 +264,31 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(states[1])
 
 
+def stage_method_node(stage: str) -> Any:
+    """`method=<stage>` as Hydra composes it (its group YAML, then what `optional local` and
+    the config search path add), its `${dataset.*}` interpolations left unresolved.
+
+    Inside a running app this is the app's own config loader (its search path, plugins'
+    config dirs included); elsewhere (tests, scripts) the repo's `conf/`."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    return copy.deepcopy(_composed_method(stage, GlobalHydra.instance().is_initialized()))
+
+
+@functools.cache
+def _composed_method(stage: str, in_app: bool) -> Any:
+    """Composing takes ~0.3 s; a process composes each stage once (its search path is fixed)."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"method={stage}"]
+    if in_app:
+        cfg = compose(config_name="config", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg.method, resolve=False)
+
+
 def upstream_run(run: RunConfig, stage: str) -> RunConfig:
     """The config of upstream `stage` for `run`: same model, data and LoRA; its own method."""
     # The stage's YAML interpolates the dataset's keys (its token budget), so it is resolved
@@ -201,13 +297,15 @@ def upstream_run(run: RunConfig, stage: str) -> RunConfig:
         {
             "dataset": asdict(run.dataset),
             "model": asdict(run.model),
-            "method": OmegaConf.load(CONF_DIR / "method" / f"{stage}.yaml"),
+            "method": stage_method_node(stage),
         }
     )
     defaults = OmegaConf.to_container(node, resolve=True)["method"]
     overrides = getattr(run.upstream, stage).overrides
     spec = method_spec(stage, {**defaults, **overrides}, prefix=f"upstream.{stage}.overrides")
-    return dataclasses.replace(run, method=spec, seed=run.upstream.seed)
+    # Never the run's own resume target: that is a checkpoint of the run, not of the stage
+    # (an interrupted stage build is resumed by the cache, from the stage's own checkpoints).
+    return dataclasses.replace(run, method=spec, seed=run.upstream.seed, resume_from=None)
 
 
 def stage_key(run: RunConfig) -> dict[str, Any]:
@@ -221,15 +319,50 @@ def stage_key(run: RunConfig) -> dict[str, Any]:
         upstream[stage] = (
             {"path": str(Path(path).resolve())} if path else stage_key(upstream_run(run, stage))
         )
+    from rlhf_exp.data.policy_pairs import LABEL_FIELDS
+
+    dataset = asdict(run.dataset)
+    if run.method.name == "sft":  # reads no preference labels: one SFT policy for every budget
+        dataset = {k: v for k, v in dataset.items() if k not in LABEL_FIELDS}
     return {
         "method": asdict(run.method),
         "model": asdict(run.model),
-        "dataset": asdict(run.dataset),
+        "dataset": dataset,
         "data": source_fingerprint(run.dataset),  # a changed file changes the key
         "lora": asdict(run.lora),
         "seed": run.seed,
         "upstream": upstream,
     }
+
+
+def discard_conversions(data: DatasetSpec, cache_root: Path) -> None:
+    """Remove the `datasets` conversions of `data`'s files (`<cache>/hf_datasets/`) and their
+    lock files: called when a run was rejected, so rejected data leaves nothing behind."""
+    if data.source != "files" or not (Path(cache_root) / "hf_datasets").is_dir():
+        return
+    import datasets
+
+    from rlhf_exp.config.data_files import file_format, resolve_data_files
+
+    hf = Path(cache_root) / "hf_datasets"
+    for split, value in data.data_files.items():
+        try:
+            files = resolve_data_files(f"dataset.data_files.{split}", value)
+            builder = datasets.load_dataset_builder(
+                file_format(files[0]), data_files=[str(p) for p in files], cache_dir=str(hf)
+            )
+        except Exception:  # the files the run was rejected for may not even parse
+            log.debug("no conversion to discard for split %s", split, exc_info=True)
+            continue
+        target = Path(builder.cache_dir)  # hf_datasets/<format>/<config>/<version>/<hash>
+        shutil.rmtree(target, ignore_errors=True)
+        for lock in [*target.parent.glob(f"{target.name}*.lock"), *hf.glob(f"*{target.name}.lock")]:
+            lock.unlink(missing_ok=True)
+        for parent in (target.parent, target.parent.parent, target.parent.parent.parent):
+            if parent != hf and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    if not any(hf.iterdir()):
+        hf.rmdir()
 
 
 def corpus_key(data: DatasetSpec) -> dict[str, Any]:

@@ -10,15 +10,20 @@ passed in becomes), or a policy that is not one model, such as best-of-n.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_exp import signals
 from rlhf_exp.generation import Rollout, generate
 
 log = logging.getLogger(__name__)
+
+# Per-prompt scores of the final evaluation, beside metrics.json in the run dir.
+SCORES_FILE = "eval_scores.json"
 
 
 @dataclass
@@ -83,13 +88,19 @@ def evaluate_policy(
     gold_reward: str | None,
     extra_scorers: dict[str, Callable[[list[str], list[str]], list[float]]] | None = None,
     prefix: str = "eval",
+    kl_reference: Any | None = None,
 ) -> tuple[dict[str, float], Samples]:
-    """Sample completions for the held-out prompts and score them; the shared end-of-run step.
+    """Sample completions for the held-out prompts and score them; the periodic check.
 
     Returns (`{f"{prefix}/gold_reward": ..., f"{prefix}/length_mean": ..., ...}`, samples).
     Sampling is seeded with `seed` so a policy and its reference draw from the same RNG stream.
     `eval_spec` is the run's `EvalSpec`; `gold_reward` a registered reward name or None.
+    `kl_reference`: also measure `kl` / `kl_k3`, KL(model || kl_reference) from the model's
+    samples as the final evaluation does; a context manager yielding the reference model (a
+    LoRA policy's adapters switched off) is taken as well as a model.
     """
+    from contextlib import AbstractContextManager, nullcontext
+
     import torch
 
     from rlhf_exp.rewards import get_reward
@@ -100,15 +111,23 @@ def evaluate_policy(
         scorers["gold_reward"] = get_reward(gold_reward)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        samples = sample_policy(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=eval_spec.max_new_tokens,
-            temperature=eval_spec.temperature,
-            batch_size=eval_spec.batch_size,
-        )
+        rollout = ModelSampler(model, tokenizer, eval_spec).sample(prompts, greedy=False)
+    samples = Samples(
+        prompts, rollout.texts, rollout.response_mask.sum(1).tolist(), rollout.ended.tolist()
+    )
     scores = score_samples(samples, scorers)
+    if kl_reference is not None:
+        logps = {"temperature": eval_spec.temperature, "pad_id": tokenizer.pad_token_id}
+        own = completion_logprobs(model, rollout, **logps)
+        reference = (
+            kl_reference
+            if isinstance(kl_reference, AbstractContextManager)
+            else nullcontext(kl_reference)
+        )
+        with reference as ref_model:
+            ref = completion_logprobs(ref_model, rollout, **logps)
+        kl = sequence_kl(own, ref, rollout.response_mask)
+        scores["kl"], scores["kl_k3"] = kl["k1"], kl["k3"]
     return {f"{prefix}/{k}": v for k, v in scores.items()}, samples
 
 
@@ -276,6 +295,7 @@ def evaluate_alignment(
     gold_reward: str | None,
     reference: Any | None = None,
     rm_scorer: Callable[[list[str], list[str]], list[float]] | None = None,
+    per_prompt: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, float], str]:
     """The full held-out evaluation of a policy against its reference (SFT) policy.
 
@@ -288,7 +308,9 @@ def evaluate_alignment(
     KL(policy || reference) in nats: measured from the policy model's samples, or the
     sampler's stated `kl`), win_rate_gold and win_rate_rm (against the reference's completion
     of the same prompt, ties one half); and with `spec.greedy`,
-    eval/greedy/{gold_reward,win_rate_gold} from greedy decoding.
+    eval/greedy/{gold_reward,win_rate_gold} from greedy decoding. `per_prompt`, when given,
+    receives the sampled side's per-prompt scores (gold, sft_gold, rm, sft_rm, kl: each
+    completion's sequence k1), what a report needs for intervals over prompts and seeds.
     """
     from contextlib import nullcontext
 
@@ -336,6 +358,9 @@ def evaluate_alignment(
         )
         kl = sequence_kl(own, ref_logps, mine.rollout.response_mask)
         metrics["eval/kl"], metrics["eval/kl_k3"] = kl["k1"], kl["k3"]
+        if per_prompt is not None:
+            mask = mine.rollout.response_mask.to(own.dtype)
+            per_prompt["kl"] = ((own - ref_logps) * mask).sum(1).tolist()
     else:
         metrics["eval/kl"] = sampler.kl
     if mine.gold is not None:
@@ -347,6 +372,13 @@ def evaluate_alignment(
         metrics["eval/greedy/gold_reward"] = statistics.fmean(g_mine.gold)
         metrics["eval/sft/greedy/gold_reward"] = statistics.fmean(g_theirs.gold)
         metrics["eval/greedy/win_rate_gold"] = win_rate(g_mine.gold, g_theirs.gold)
+    if per_prompt is not None:
+        for name, values in (("gold", mine.gold), ("sft_gold", theirs.gold)):
+            if values is not None:
+                per_prompt[name] = list(values)
+        for name, values in (("rm", mine.rm), ("sft_rm", theirs.rm)):
+            if values is not None:
+                per_prompt[name] = list(values)
     return metrics, samples_table(prompts, references, mine, theirs)
 
 
@@ -367,6 +399,7 @@ def _adapters_off(policy: Any) -> Any:
     return context()
 
 
+@signals.phase("evaluation")  # a signal stops it at once: it restarts on resume
 def final_evaluation(
     ctx: Any,
     policy: Any | Sampler,
@@ -396,6 +429,7 @@ def final_evaluation(
             "score (eval/rm_reward, win_rate_rm), KL, length and diversity",
             run.dataset.name,
         )
+    per_prompt: dict[str, list[float]] = {}
     metrics, table = evaluate_alignment(
         policy,
         tokenizer,
@@ -405,7 +439,10 @@ def final_evaluation(
         gold_reward=task.gold_reward,
         reference=reference,
         rm_scorer=rm_scorer,
+        per_prompt=per_prompt,
     )
+    # per-prompt scores beside metrics.json: a report's intervals over prompts and seeds
+    atomic_write_text(ctx.run_dir / SCORES_FILE, json.dumps(per_prompt) + "\n")
     if "eval/gold_reward" in metrics:
         metrics["eval/gold_reward_gain"] = (
             metrics["eval/gold_reward"] - metrics["eval/sft/gold_reward"]

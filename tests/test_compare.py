@@ -211,3 +211,37 @@ def test_methods_quick_preset_reports_every_method(tmp_path: Path):
     for row in ("| best_of_n | n=4 |",):
         assert row in report, row
     assert (sweep / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_frontier_quick_preset_matched_budget_intervals_and_reading(tmp_path: Path):
+    from tests.conftest import run_cli
+
+    result = run_cli("-m", "experiment=frontier_quick", f"paths.root_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    jobs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(jobs) == 8 and all("status" not in j for j in jobs)
+    # one budget, the same policy-sampled labels behind every method
+    assert {j["data/labels/budget"] for j in jobs} == {300.0}
+    assert {j["data/labels/used"] for j in jobs} == {300.0}
+    assert {j["data/labels/policy_pairs"] for j in jobs} == {1.0}
+    assert all(0.5 < j["data/labels/agreement_with_gold"] < 1.0 for j in jobs)  # BT noise
+    assert all((p.parent / "eval_scores.json").is_file() for p in sweep.glob("*/metrics.json"))
+    report = (sweep / "comparison.md").read_text()
+    assert "Label budget: 300 preference labels, pairs sampled from the SFT policy" in report
+    assert "every method the same budget" in report
+    assert "## Frontier: each setting over seeds and prompts" in report
+    for row in ("| dpo | beta=0.1 | 2 |", "| dpo | beta=0.5 | 2 |", "| best_of_n | n=4 | 2 |"):
+        assert row in report, row
+    # n=4 before n=16: knobs in numeric order
+    assert report.index("| best_of_n | n=4 | 2 |") < report.index("| best_of_n | n=16 | 2 |")
+    assert "## Reading" in report and "Does dpo's frontier dominate?" in report
+    assert (sweep / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # rebuilt from the files alone
+    (sweep / "comparison.md").unlink()
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "rlhf_exp.compare", str(sweep)], capture_output=True, text=True
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (sweep / "comparison.md").read_text() == report

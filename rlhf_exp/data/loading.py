@@ -74,6 +74,12 @@ _NOT_GENERATION_FIELDS = {
     "max_completion_length",
     "num_proc",
     "group_by_length",
+    # which labels a run uses (data/policy_pairs.py), not which rows the generator writes
+    "pairs",
+    "n_labels",
+    "label_noise",
+    "label_temperature",
+    "pair_max_new_tokens",
 }
 
 
