@@ -20,6 +20,16 @@ when an SFT sample's reward has no atoms (no ties, no completion of noticeable p
 otherwise the true KL is lower (Beirami et al. 2024 prove it an upper bound), so best-of-n's
 points sit at most this far right on the frontier. Greedy decoding has one completion per
 prompt, so `eval/greedy/*` is the SFT policy's greedy decode (win rate 0.5).
+
+The curve (`method.curve_max_n=N`, experiment=overoptimization): N samples per prompt, drawn
+once (cached by the SFT policy, prompts and sampling settings, so runs that differ only in
+their reward model share them), scored by the picking reward and the gold reward, and for
+every n = 1..N the expected score of best-of-n (`best_of_n_curve`: the unbiased estimator of
+Gao et al. 2022, appendix, over all n-subsets of the N at once, no resampling). metrics.json
+gets `curve/n`, `curve/kl` (analytic), `curve/gold`, `curve/proxy` (the picking reward) and
+their standard errors over prompts, and `eval/*` read off the curve at `method.n`.
+
+    python run.py method=best_of_n method.curve_max_n=256 debug=fast
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlhf_exp import signals
 from rlhf_exp.config.best_of_n import BestOfNSpec
 from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.context import RunContext
@@ -95,6 +106,148 @@ class BestOfN(Sampler):
         return take_rows(candidates, select_best(scores, self.n))
 
 
+def best_of_n_weights(N: int, ns: Sequence[int]) -> Any:
+    """(len(ns), N) weights: row n holds, for i = 1..N, the probability that the i-th lowest
+    of N distinct scores is the highest of n of them drawn without replacement,
+    C(i-1, n-1) / C(N, n) (log-gamma, so N may be large)."""
+    import numpy as np
+    from scipy.special import gammaln
+
+    i = np.arange(1, N + 1, dtype=float)
+    out = np.zeros((len(ns), N))
+    for row, n in enumerate(ns):
+        if not 1 <= n <= N:
+            raise ValueError(f"best-of-n needs 1 <= n <= N={N}, got n={n}")
+        k = i[i >= n]
+        log_c = gammaln(k) - gammaln(n) - gammaln(k - n + 1)  # log C(i-1, n-1)
+        log_total = gammaln(N + 1) - gammaln(n + 1) - gammaln(N - n + 1)  # log C(N, n)
+        out[row, i >= n] = np.exp(log_c - log_total)
+    return out
+
+
+def best_of_n_curve(select: Any, value: Any, ns: Sequence[int]) -> Any:
+    """Expected `value` of best-of-n by `select`, for each prompt and each n: (P, len(ns)).
+
+    `select` and `value` are (P, N): N samples per prompt, their picking score and the score
+    to report (the gold reward; or `select` itself, for the proxy's own curve). The estimate
+    averages over all C(N, n) subsets of size n at once, via order statistics (Gao et al. 2022,
+    appendix): unbiased for best-of-n from fresh samples, with no resampling noise. A tie in
+    `select` is broken uniformly at random (as `select_best`'s first maximum is, for samples in
+    random order): the tied samples' values are replaced by their mean.
+    """
+    import numpy as np
+
+    select, value = np.asarray(select, dtype=float), np.asarray(value, dtype=float)
+    if np.isnan(select).any():
+        raise NonFiniteError("best_of_n: the reward returned NaN for a candidate completion")
+    order = np.argsort(select, axis=1, kind="stable")  # ascending: rank i = 1..N
+    ranked, values = np.take_along_axis(select, order, 1), np.take_along_axis(value, order, 1)
+    for row in range(ranked.shape[0]):
+        _, starts, counts = np.unique(ranked[row], return_index=True, return_counts=True)
+        if len(starts) < ranked.shape[1]:  # ties: their mean, whichever of them is picked
+            values[row] = np.repeat(np.add.reduceat(values[row], starts) / counts, counts)
+    return values @ best_of_n_weights(ranked.shape[1], ns).T
+
+
+@signals.phase("evaluation")  # a signal stops it at once: it restarts on resume
+def _candidates(
+    cfg: RunConfig, ctx: RunContext, sft: Any, tokenizer: Any, prompts: list[str], N: int
+) -> list[str]:
+    """N completions of the SFT policy per prompt (prompt 0's N, then prompt 1's, ...), from
+    the artifact cache: keyed by the SFT policy, the prompts and the sampling settings, so the
+    runs of a sweep that differ only in their reward model sample once."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from rlhf_exp.context import stage_key, upstream_run
+
+    source = cfg.upstream.sft.path
+    key = {
+        "sft": str(Path(source).resolve()) if source else stage_key(upstream_run(cfg, "sft")),
+        "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+        "n": N,
+        "seed": cfg.seed,
+        "sampling": {
+            k: getattr(cfg.eval, k) for k in ("max_new_tokens", "temperature", "batch_size")
+        },
+    }
+    repeated = [p for p in prompts for _ in range(N)]
+    sampler = ModelSampler(sft, tokenizer, cfg.eval)
+    step = cfg.eval.batch_size  # one generate call per batch: the same RNG stream as one call
+
+    def build(out: Path) -> None:
+        texts: list[str] = []
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            for start in tqdm(range(0, len(repeated), step), desc=f"best-of-{N} samples"):
+                texts += sampler.sample(repeated[start : start + step], False).texts
+        (out / "texts.json").write_text(json.dumps(texts))
+
+    entry = ctx.cache.get_or_build("bon_samples", key, build)
+    return json.loads((entry / "texts.json").read_text())
+
+
+def _run_curve(
+    cfg: RunConfig,
+    ctx: RunContext,
+    sft: Any,
+    tokenizer: Any,
+    task: Any,
+    score: ScoreFn,
+    rm_scorer: ScoreFn | None,
+    reward_name: str | None,
+) -> dict[str, Any]:
+    """Best-of-n for every n = 1..curve_max_n from one set of samples (module docstring)."""
+    import numpy as np
+
+    from rlhf_exp.rewards import get_reward
+
+    spec: BestOfNSpec = cfg.method  # type: ignore[assignment]
+    N = spec.curve_max_n
+    prompts = list(task.eval_prompts["prompt"])[: cfg.eval.num_prompts or None]
+    log.info("best_of_n curve: %d prompts x %d samples, n = 1..%d", len(prompts), N, N)
+    texts = _candidates(cfg, ctx, sft, tokenizer, prompts, N)
+    repeated = [p for p in prompts for _ in range(N)]
+    shape = (len(prompts), N)
+    picked_by = np.asarray(score(repeated, texts), dtype=float).reshape(shape)
+    scores = {"proxy": picked_by}
+    if task.gold_reward is not None:
+        gold = get_reward(task.gold_reward)(repeated, texts)
+        scores["gold"] = np.asarray(gold, dtype=float).reshape(shape)
+    if rm_scorer is not None:
+        rm = picked_by if score is rm_scorer else rm_scorer(repeated, texts)
+        scores["rm"] = np.asarray(rm, dtype=float).reshape(shape)
+    ns = list(range(1, N + 1))
+    out: dict[str, Any] = {"curve/n": ns, "curve/kl": [analytic_kl(n) for n in ns]}
+    for name, values in scores.items():
+        per_prompt = best_of_n_curve(picked_by, values, ns)  # (P, N)
+        one = len(prompts) == 1  # no spread to measure
+        se = np.zeros(N) if one else per_prompt.std(0, ddof=1) / math.sqrt(len(prompts))
+        out[f"curve/{name}"] = per_prompt.mean(0).tolist()
+        out[f"curve/{name}_se"] = se.tolist()
+    # the single-n keys, read off the curve: at n=1 the SFT policy (every sample's mean)
+    at = spec.n - 1
+    for name, key in (("gold", "gold_reward"), ("rm", "rm_reward")):
+        if f"curve/{name}" in out:
+            out[f"eval/{key}"] = out[f"curve/{name}"][at]
+            out[f"eval/sft/{key}"] = out[f"curve/{name}"][0]
+    if "eval/gold_reward" in out:
+        out["eval/gold_reward_gain"] = out["eval/gold_reward"] - out["eval/sft/gold_reward"]
+    used = ctx.upstream_metrics("reward")  # which reward model, its held-out accuracy
+    return {
+        **out,
+        "eval/kl": analytic_kl(spec.n),
+        "eval/kl_analytic": analytic_kl(spec.n),
+        "eval/samples_generated": len(texts),
+        "eval/selected_by": reward_name or "model",
+        **{f"upstream/reward/{k}": v for k, v in used.items()},
+    }
+
+
 def _needs(run: RunConfig) -> tuple[str, ...]:
     """The reward model only when it picks the best or the evaluation scores with it."""
     spec: BestOfNSpec = run.method  # type: ignore[assignment]
@@ -126,6 +279,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         reward_name or "the reward model",
         analytic_kl(spec.n),
     )
+    if spec.curve_max_n is not None:
+        return _run_curve(cfg, ctx, sft, tokenizer, task, score, rm_scorer, reward_name)
     sampler = BestOfN(sft, tokenizer, cfg.eval, spec.n, score)
     metrics = final_evaluation(ctx, sampler, tokenizer, task, reference=sft, rm_scorer=rm_scorer)
     return {

@@ -13,7 +13,13 @@ import pytest
 from rlhf_exp.config.schema import EvalSpec
 from rlhf_exp.errors import NonFiniteError
 from rlhf_exp.evaluation import Sampler, evaluate_alignment
-from rlhf_exp.methods.best_of_n import BestOfN, analytic_kl, select_best
+from rlhf_exp.methods.best_of_n import (
+    BestOfN,
+    analytic_kl,
+    best_of_n_curve,
+    best_of_n_weights,
+    select_best,
+)
 from tests.conftest import run_cli
 
 # The end-of-run keys every policy method reports (README, "The evaluation").
@@ -58,10 +64,48 @@ def test_analytic_kl_is_zero_at_one_and_grows_like_log_n():
     assert kls == sorted(kls) and kls[-1] < math.log(256)
 
 
+def _brute_force(select: list[float], value: list[float], n: int) -> float:
+    """Mean over every n-subset of the value of its highest-`select` member (ties: mean)."""
+    import itertools
+    import statistics
+
+    picks = []
+    for subset in itertools.combinations(range(len(select)), n):
+        top = max(select[i] for i in subset)
+        picks.append(statistics.fmean(value[i] for i in subset if select[i] == top))
+    return statistics.fmean(picks)
+
+
+def test_unbiased_curve_matches_brute_force_subset_enumeration():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    N = 8
+    distinct = rng.normal(size=(2, N))  # a reward model's scores: no ties
+    tied = rng.integers(0, 3, size=(2, N)).astype(float)  # a coarse reward: many ties
+    gold = rng.normal(size=(2, N))
+    for select in (distinct, tied):
+        curve = best_of_n_curve(select, gold, range(1, N + 1))  # (prompts, n)
+        for p in range(2):
+            for n in range(1, N + 1):
+                expected = _brute_force(select[p].tolist(), gold[p].tolist(), n)
+                assert curve[p, n - 1] == pytest.approx(expected, abs=1e-12), (p, n)
+    own = best_of_n_curve(distinct, distinct, [1, N])  # the proxy's own curve
+    assert own[:, 0] == pytest.approx(distinct.mean(1)) and own[:, 1] == pytest.approx(
+        distinct.max(1)
+    )
+    weights = best_of_n_weights(256, [1, 2, 16, 256])  # large N: log-gamma, no overflow
+    assert weights.sum(1) == pytest.approx(1.0) and weights[-1, -1] == 1.0
+    with pytest.raises(NonFiniteError):
+        best_of_n_curve([[0.0, float("nan")]], [[0.0, 1.0]], [1])
+
+
 @pytest.mark.parametrize(
     ("overrides", "key", "valid"),
     [
         (["method.n=0"], "method.n", ">= 1"),
+        (["method.n=64", "method.curve_max_n=32"], "method.n", "<= method.curve_max_n=32"),
+        (["method.curve_max_n=0"], "method.curve_max_n", ">= 1"),
         (["method.reward=nope"], "method.reward", "choose one of model, gold"),
         (
             ["dataset=files", "+dataset.data_files.preference=p.jsonl", "method.reward=gold"],
@@ -211,3 +255,36 @@ def test_cli_runs_best_of_n(tmp_path: Path, shared_cache: Path):
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["method"] == "best_of_n" and saved["knob"] == "n=4"
     assert set(saved) >= SHARED_KEYS and saved["eval/kl"] == pytest.approx(analytic_kl(4))
+
+
+@pytest.mark.slow
+def test_curve_reports_gold_and_proxy_for_every_n_from_one_sample_set(run_method):
+    metrics, run_dir, _, cache = run_method(
+        "method=best_of_n", "method.n=4", "method.curve_max_n=8", "eval.num_prompts=4"
+    )
+    assert metrics["curve/n"] == list(range(1, 9)) and metrics["eval/samples_generated"] == 32
+    assert metrics["curve/kl"] == [analytic_kl(n) for n in range(1, 9)]
+    for key in ("curve/gold", "curve/proxy", "curve/rm", "curve/gold_se"):
+        assert len(metrics[key]) == 8, key
+    proxy = metrics["curve/proxy"]  # picked by the reward model: its expected max only rises
+    assert all(b >= a - 1e-9 for a, b in zip(proxy, proxy[1:], strict=False))
+    assert proxy == metrics["curve/rm"]
+    assert metrics["eval/gold_reward"] == metrics["curve/gold"][3]  # read off the curve at n
+    assert metrics["eval/sft/gold_reward"] == metrics["curve/gold"][0]
+    assert metrics["eval/kl"] == analytic_kl(4)
+    assert 0 <= metrics["upstream/reward/eval/accuracy"] <= 1  # which RM picked, how good
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["curve/gold"] == metrics["curve/gold"]
+    # the samples are cached: the same curve from the gold reward draws no new ones
+    entries = set((cache.root / "bon_samples").glob("*/texts.json"))
+    gold, _, _, _ = run_method(
+        "method=best_of_n",
+        "method.curve_max_n=8",
+        "method.n=8",
+        "eval.num_prompts=4",
+        "method.reward=gold",
+    )
+    assert gold["curve/proxy"] == gold["curve/gold"]  # picked by the gold reward itself
+    assert gold["curve/gold"][0] == pytest.approx(metrics["curve/gold"][0])  # same samples
+    assert gold["curve/gold"][-1] >= metrics["curve/gold"][-1]  # the oracle picks best
+    assert set((cache.root / "bon_samples").glob("*/texts.json")) == entries

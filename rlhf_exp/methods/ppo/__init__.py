@@ -29,6 +29,10 @@ from rlhf_exp.methods import register
 
 log = logging.getLogger(__name__)
 
+# A periodic evaluation's point of the run's curve (`trainer.curve`, checkpointed, so a resumed
+# run keeps the points before its checkpoint): metrics.json gets them as `curve/*` lists.
+CURVE_KEYS = {"kl": "eval/kl", "gold": "eval/gold_reward", "proxy": "eval/rm_reward"}
+
 
 def _reward_name(spec: PPOSpec, cfg: RunConfig) -> str | None:
     """The reward function's name or import path, or None for the learned reward model."""
@@ -144,6 +148,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
             gold_reward=task.gold_reward,
             extra_scorers=extra,
             prefix=prefix,
+            kl_reference=reference.model(policy_model),
         )
         return scores
 
@@ -151,11 +156,24 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         cfg.eval, num_prompts=min(spec.max_eval_samples, cfg.eval.num_prompts or 10**9)
     )
 
+    def periodic(step: int) -> dict[str, float]:
+        """Held-out gold, RM score and KL to the reference: one point of the run's curve."""
+        scores = evaluate(trainer.unwrapped.policy, "eval", periodic_eval)
+        point = {k: scores.get(key) for k, key in CURVE_KEYS.items()}
+        if "eval/gold_reward_std" in scores:  # standard error of the mean over the prompts
+            prompts = min(len(task.eval_prompts), periodic_eval.num_prompts)
+            point["gold_se"] = scores["eval/gold_reward_std"] / math.sqrt(prompts)
+        trainer.curve.append({"step": step, **point})
+        return scores
+
+    if main and trainer.step == 0 and task.eval_prompts is not None:
+        ctx.tracker.log_scalars(periodic(0), 0)  # the SFT policy: the curve's KL=0 point
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
         if not main:
             return
         if step % spec.eval_steps == 0 and task.eval_prompts is not None:
-            metrics = metrics | evaluate(trainer.unwrapped.policy, "eval", periodic_eval)
+            metrics = metrics | periodic(step)
         ctx.tracker.log_scalars(metrics, step)
         if step % spec.logging_steps == 0:
             log.info(
@@ -186,11 +204,26 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         )
     final = broadcast_object_list([final])[0]  # every process returns the same metrics
     accelerator.wait_for_everyone()
+    rm_used = ctx.upstream_metrics("reward")  # which RM, its held-out accuracy
     return {
         **last,
         **final,
+        **_curve_metrics(trainer.curve),
+        **{f"upstream/reward/{k}": v for k, v in rm_used.items()},
         "train/global_step": trainer.step,
         "time/train_s": round(train_s, 2),
         "model/trainable_params": trainable,
         "model/total_params": total,
     }
+
+
+def _curve_metrics(curve: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """`curve/step`, `curve/kl`, `curve/gold` (+ `curve/gold_se`), `curve/proxy` (the RM
+    score) as lists, one entry per periodic evaluation (step 0: the SFT policy); a quantity
+    not measured (no gold reward, no reward model) is left out."""
+    out: dict[str, list[Any]] = {"curve/step": [p["step"] for p in curve]} if curve else {}
+    for name in (*CURVE_KEYS, "gold_se"):
+        values = [p.get(name) for p in curve]
+        if curve and all(v is not None for v in values):
+            out[f"curve/{name}"] = values
+    return out
