@@ -1,4 +1,4 @@
-"""Generated tokens per second of our PPO against our RLOO/GRPO and TRL 1.12's PPO, matched settings.
+"""Generated tokens/s of our PPO against our RLOO/GRPO and TRL 1.12's PPO, matched settings.
 
     python benchmarks/ppo_peers.py --quick --threads 1      # smoke test, all peers, 3 reps
     python benchmarks/ppo_peers.py --threads 1              # 10 iterations x 64 prompts, 3 reps
@@ -18,8 +18,8 @@ hits every peer alike; peak RSS per process from `wait4`. Peers:
 | peer | trainer | reward | what is timed |
 |---|---|---|---|
 | ours-gold | `run.py method=ppo method.reward=gold` | VADER gold function | `time/train_s` |
-| rloo | `run.py method=rloo method.reward=gold` (TRL 1.16 `RLOOTrainer` inside) | the same function | `time/train_s` |
-| grpo | `run.py method=grpo method.reward=gold` (TRL 1.16 `GRPOTrainer` inside) | the same function | `time/train_s` |
+| rloo | `run.py method=rloo method.reward=gold` (`RLOOTrainer`) | the same | `time/train_s` |
+| grpo | `run.py method=grpo method.reward=gold` (`GRPOTrainer`) | the same | `time/train_s` |
 | ours-rm | `run.py method=ppo method.reward=model` | our reward model | `time/train_s` |
 | trl112-ppo | TRL 1.12 `experimental.ppo.PPOTrainer` (venv) | our reward model | `train()` |
 
@@ -61,7 +61,8 @@ B / micro optimiser steps on micro-batches of `micro`; default B=64, micro=32, e
   gamma, lam, lr, Adam eps as ours.
 Tokens are counted the same way everywhere: up to and including the first EOS, or the whole
 response if there is none (ours: `throughput/tokens_total`; RLOO/GRPO: lengths of the
-`completion_ids` their reward function gets, `throughput/generated_tokens`; TRL 1.12: from the sequences its generate returns).
+`completion_ids` their reward function gets, `throughput/generated_tokens`; TRL 1.12: from
+the sequences its generate returns).
 
 Caveats. The `debug=fast` SFT policy rarely emits EOS, so nearly every response is the full
 response_length for every peer (TRL 1.12's generated width is 24 of 24): how each trainer

@@ -33,8 +33,14 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One artifact cache for the method tests: the tiny base and fast SFT policy build once.
 
-    Tests that check the cache's own behaviour use a fresh one instead.
+    Tests that check the cache's own behaviour use a fresh one instead. Under pytest-xdist
+    every worker shares one (the parent of the workers' temp dirs): the cache's locks let
+    one worker build an entry while the others wait for it, instead of each building its own.
     """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "shared"
+        shared.mkdir(exist_ok=True)
+        return shared / "cache"
     return tmp_path_factory.mktemp("shared") / "cache"
 
 

@@ -15,11 +15,11 @@ def test_help_lists_groups_and_options():
     result = run_cli("--help")
     assert result.returncode == 0
     for line in [
-        "method: best_of_n, dpo, eval, grpo, kto, ppo, reward, rloo, sft",
+        "method: best_of_n, dpo, eval, grpo, kto, online_dpo, ppo, reward, rloo, sft",
         "lora: default, none",
         "debug: fast",
         "dataset: files",
-        "arm: bon_n_16, bon_n_4, bon_n_64, dpo_beta_0.05, dpo_beta_0.1",
+        "bon_n_16, bon_n_4, bon_n_64, dpo_beta_0.05, dpo_beta_0.1",  # arm: ...
     ]:
         assert line in result.stdout
 

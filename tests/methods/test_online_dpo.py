@@ -37,7 +37,10 @@ def test_defaults_match_the_comparison_sampling_budget(compose_cfg):
     spec = validate(compose_cfg("method=online_dpo")).method
     ppo = validate(compose_cfg("method=ppo")).method
     # 60 steps x 16 prompts x 2 completions = PPO's 30 iterations x 64 prompts
-    assert spec.max_steps * spec.per_device_train_batch_size * 2 == ppo.max_steps * ppo.rollout_batch_size
+    assert (
+        spec.max_steps * spec.per_device_train_batch_size * 2
+        == ppo.max_steps * ppo.rollout_batch_size
+    )
     assert spec.max_completion_length == ppo.response_length
     assert (spec.beta, spec.loss_type, spec.reward) == (0.1, "sigmoid", "model")
     with pytest.raises(ConfigError, match="method.loss_type"):
