@@ -220,7 +220,7 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(tmp_path: Path):
 
     run_dir = tmp_path / "killed"
     code, stderr = _kill_after_first_checkpoint(args, tmp_path, run_dir, signal.SIGTERM)
-    assert code == 130 and "resume_from=latest" in stderr, stderr[-2000:]
+    assert code == 143 and "resume_from=latest" in stderr, stderr[-2000:]  # 128 + SIGTERM
     stopped = _complete_checkpoints(run_dir)[-1]
     assert int(stopped.name.split("-")[-1]) < expected["train/global_step"]
     resumed = run_cli(
