@@ -12,9 +12,21 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from rlhf_exp.context import CONF_DIR
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes on two cores: one thread each (and in the runs they start), else
+    # torch's default of a thread per core puts 4 spinning OpenMP threads on 2 cores.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+from rlhf_exp.context import CONF_DIR  # noqa: E402  (after the thread settings: imports torch)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)  # in case torch was imported before the setting above
 
 
 def compose_config(overrides: list[str], root: Path) -> DictConfig:
