@@ -115,7 +115,8 @@ def test_pairs_that_all_tie_stop_with_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: dataset split 'pref_train': none of its")
-    assert "identical chosen and rejected" in line
+    # refused up front (data/checks.py), before any stage trains, with the count
+    assert line.startswith("error: dataset split 'pref_train': all ")
+    assert "pairs have the same text as chosen and rejected" in line
     assert (run_dir / "metrics.json").is_file()  # the failure is recorded...
     assert not (run_dir / "model").exists()  # ...and no reward model was trained or saved
