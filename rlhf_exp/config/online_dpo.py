@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rlhf_exp.config.online_rl import refuse_sequence_knobs
 from rlhf_exp.config.schema import TrainSpec, _f
-from rlhf_exp.errors import ConfigError
 
 
 @dataclass
@@ -55,8 +55,4 @@ class OnlineDPOSpec(TrainSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for knob in ("group_by_length", "torch_compile"):
-            if getattr(self, knob):
-                raise ConfigError(
-                    f"method.{knob}", True, "only sft, reward and dpo take it; set false"
-                )
+        refuse_sequence_knobs(self)

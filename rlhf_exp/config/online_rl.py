@@ -39,6 +39,14 @@ GRPO_LOSS_TYPES = (
 )
 
 
+def refuse_sequence_knobs(spec: TrainSpec) -> None:
+    """Online methods train on prompts they sample from: no lengths to group by, and TRL's
+    generation loop is not compiled; one line if either knob is set."""
+    for knob in ("group_by_length", "torch_compile"):
+        if getattr(spec, knob):
+            raise ConfigError(f"method.{knob}", True, "only sft, reward and dpo take it; set false")
+
+
 @dataclass
 class OnlineRLSpec(TrainSpec):
     """Knobs RLOO and GRPO share: sampling groups, the KL coefficient, the clipped update."""
@@ -89,11 +97,7 @@ class OnlineRLSpec(TrainSpec):
                 f"must be a multiple of gradient_accumulation_steps="
                 f"{self.gradient_accumulation_steps} (a generation feeds whole optimiser steps)",
             )
-        for knob in ("group_by_length", "torch_compile"):
-            if getattr(self, knob):
-                raise ConfigError(
-                    f"method.{knob}", True, "only sft, reward and dpo take it; set false"
-                )
+        refuse_sequence_knobs(self)
 
 
 @dataclass
