@@ -33,6 +33,7 @@ from rlhf_exp.context import (
     stage_key,
 )
 from rlhf_exp.distributed import is_main_process
+from rlhf_exp.hardware import launcher_parallel_jobs, torch_threads
 from rlhf_exp.errors import Interrupted, UserError
 from rlhf_exp.tracking import Tracker, summary_table
 
@@ -145,6 +146,7 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         if is_main_process():
             atomic_write_text(run_dir / "config.yaml", config_text)
             attempt.marker = _mark_running(run_dir)
+        _set_threads(run.threads)
         from rlhf_exp.methods import get_method  # imports torch, transformers, trl: seconds
 
         method = get_method(run.method.name)
@@ -179,12 +181,8 @@ def _previous_attempt(run_dir: Path, config_text: str) -> str | None:
     before its first checkpoint (it starts again in its dir)."""
     from rlhf_exp.training import has_complete_checkpoint
 
-    def same(text: str) -> bool:
-        strip = [ln for ln in text.splitlines() if not ln.startswith("resume_from:")]
-        return strip == [ln for ln in config_text.splitlines() if not ln.startswith("resume_from:")]
-
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "metrics.json"
-    if not config_file.is_file() or not same(config_file.read_text()):
+    if not config_file.is_file() or not _same_run(config_file.read_text(), config_text):
         return None
     if metrics_file.is_file() and "status" not in json.loads(metrics_file.read_text()):
         return "finished"  # a finished run's metrics have no status (failed, interrupted)
@@ -201,8 +199,8 @@ _HYDRA_FILES = (".hydra",)
 
 def _same_run(text: str, other: str) -> bool:
     """Whether two config.yaml texts are the same run: every key both have holds the same
-    value, `resume_from` and `overwrite` aside (how an attempt starts, not what it computes).
-    A key only one has is a key added or removed by a code update, not another run."""
+    value, `resume_from`, `overwrite` and `threads` aside (how an attempt runs, not what it
+    computes). A key only one has is a key added or removed by a code update, not another run."""
 
     def flat(node: Any, key: str = "") -> dict[str, Any]:
         if not isinstance(node, dict):
@@ -213,7 +211,7 @@ def _same_run(text: str, other: str) -> bool:
         mine, theirs = (flat(OmegaConf.to_container(OmegaConf.create(t))) for t in (text, other))
     except Exception:  # not a config we can read: not this run's
         return False
-    common = (mine.keys() & theirs.keys()) - {".resume_from", ".overwrite"}
+    common = (mine.keys() & theirs.keys()) - {".resume_from", ".overwrite", ".threads"}
     return ".method.name" in common and all(mine[k] == theirs[k] for k in common)
 
 
@@ -306,6 +304,15 @@ def _discard_unstarted(job_dir: Path) -> None:
             shutil.rmtree(job_dir)
     except OSError:
         log.debug("could not remove %s", job_dir, exc_info=True)
+
+
+def _set_threads(requested: int | None) -> None:
+    import torch
+
+    threads = torch_threads(requested, launcher_parallel_jobs(), dict(os.environ))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    log.info("torch runs on %d CPU thread(s)", torch.get_num_threads())
 
 
 def _checkpoint_step(run_dir: Path) -> int | None:

@@ -315,6 +315,9 @@ class RunConfig:
     # "latest" (in this run dir) or a checkpoint dir
     resume_from: str | None = _f(None, path=True)
     overwrite: bool = False  # empty a run dir that holds another run's files
+    # torch CPU threads of this run; null: OMP_NUM_THREADS if set, else the cores divided
+    # among the jobs the sweep launcher runs at once (rlhf_exp.hardware.torch_threads)
+    threads: int | None = _f(None, ge=1, le=1024)
     # method=eval only: the saved policy to evaluate, and the reference to compare it with
     # (null: the SFT policy of this model+dataset, from the artifact cache)
     policy_path: str | None = _f(None, path=True)
