@@ -3,6 +3,7 @@
 `resource.getrusage` only knows the peak of the whole process, so a second job in the same
 process would inherit the first one's peak; this samples `/proc/self/statm` in a background
 thread instead, from the run's start to its end (short spikes between samples are missed).
+On a CUDA machine the GPU's peak comes from torch's allocator, reset when a run starts.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class PeakMemory:
                 return
 
     def start(self) -> PeakMemory:
+        import torch
+
+        if torch.cuda.is_available():  # this run's GPU peak, not an earlier job's
+            torch.cuda.reset_peak_memory_stats()
         self._thread.start()
         return self
 
@@ -50,3 +55,14 @@ class PeakMemory:
             self._thread.join()
             self.peak = max(self.peak, current_rss_bytes())
         return self.peak / 2**20
+
+
+def memory_metrics(peak_rss_mb: float) -> dict[str, float]:
+    """metrics.json's memory entries: the host's peak RSS and, on a CUDA machine, the GPU's
+    peak held by tensors (`torch.cuda.max_memory_allocated`; torch's cache reserves more)."""
+    import torch
+
+    metrics = {"memory/peak_rss_mb": round(peak_rss_mb, 1)}
+    if torch.cuda.is_available():
+        metrics["memory/peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return metrics

@@ -150,7 +150,8 @@ CASES = [
         "policy_path='some/model' is invalid: not a key of this config; check its spelling, or "
         "choose the group option that defines it",
     ),
-    (["lora=[1,2]"], "lora=[1, 2] is invalid: choose one of default, none"),  # Hydra: TypeError
+    # Hydra: TypeError
+    (["lora=[1,2]"], "lora=[1, 2] is invalid: choose one of default, none, qlora"),
 ]
 
 
@@ -275,7 +276,7 @@ def test_found_cases_are_one_line_exit_2_and_build_nothing(
 
 # Overrides Hydra cannot apply: run.py turns its error into the same one line.
 COMPOSE = [
-    (["lora=[1,2]"], "error: lora=[1, 2] is invalid: choose one of default, none"),
+    (["lora=[1,2]"], "error: lora=[1, 2] is invalid: choose one of default, none, qlora"),
     (
         ["dataset=files", "+dataset.columns=[a,b]"],
         "error: dataset.columns=['a', 'b'] is invalid: expected a mapping, got a list",

@@ -33,7 +33,7 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
         knob = str(getattr(run.method, type(run.method).KL_KNOB))
         assert run.method.name == {"bon": "best_of_n"}.get(method, method) and knob == value
     if group == "lora":
-        assert run.lora.enabled is (option == "default")
+        assert run.lora.enabled is (option != "none")
     if group == "debug":
         assert run.method.max_steps > 0 and run.upstream.sft.overrides["max_steps"] > 0
 

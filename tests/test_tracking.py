@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlhf_exp.tracking import Tracker, summary_table
@@ -78,3 +81,120 @@ def test_peak_memory_sees_an_allocation_made_while_it_runs():
     peak_mb = meter.stop()
     assert peak_mb >= before / 2**20 + 150
     assert meter.stop() == peak_mb  # stopping twice changes nothing
+
+
+# ------------------------------------------------------------------------- the logger group
+def test_tensorboard_is_the_default_logger(compose_cfg):
+    from rlhf_exp.config.schema import validate
+
+    logger = validate(compose_cfg()).logger
+    assert logger.tensorboard and not logger.csv
+    assert logger.wandb is None and logger.mlflow is None
+    both = validate(compose_cfg("logger=[tensorboard,csv]")).logger
+    assert both.tensorboard and both.csv
+    assert validate(compose_cfg("logger=wandb")).logger.wandb.mode == "offline"
+    assert validate(compose_cfg("logger=mlflow")).logger.mlflow.tracking_uri is None
+
+
+def _trainer_log(tracker: Tracker, logs: dict, step: int) -> None:
+    """What a transformers trainer does at a logging step, without training."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(is_world_process_zero=True, global_step=step)
+    for callback in tracker.trainer_callbacks():
+        callback.on_log(None, state, None, logs=logs)
+
+
+def test_csv_logger_writes_every_scalar_ours_and_the_trainers(tmp_path: Path):
+    import csv
+
+    tracker = Tracker(tmp_path, tensorboard=False, csv=True)
+    tracker.log_scalars({"objective/kl": 0.5, "note": "not a number"}, step=1)
+    _trainer_log(tracker, {"loss": 1.5, "eval_accuracy": 0.75, "epoch": 0.5}, step=2)
+    tracker.finish({"eval/accuracy": 0.8, "method": "reward"}, step=2)
+
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "key", "value"]
+    values = {(step, key): float(value) for step, key, value in rows[1:]}
+    assert values[("1", "objective/kl")] == 0.5
+    assert values[("2", "train/loss")] == 1.5  # trainer keys named as in TensorBoard
+    assert values[("2", "eval/accuracy")] == 0.8  # the final value, logged after the trainer's
+    assert values[("2", "train/epoch")] == 0.5 and ("2", "time/wall_s") in values
+    assert not any(key in ("note", "method") for _, key in values)
+
+
+@pytest.mark.parametrize("package", ["wandb", "mlflow"])
+def test_missing_logger_package_is_one_line_naming_the_install(tmp_path, monkeypatch, package):
+    from rlhf_exp.config.schema import MlflowSpec, WandbSpec
+    from rlhf_exp.errors import UserError
+
+    monkeypatch.setitem(sys.modules, package, None)  # import fails, as when not installed
+    spec = {"wandb": WandbSpec(), "mlflow": MlflowSpec()}[package]
+    with pytest.raises(UserError) as err:
+        Tracker(tmp_path, csv=True, **{package: spec})
+    assert str(err.value) == (
+        f"logger={package} needs the {package} package, which is not installed: "
+        f"pip install {package}"
+    )
+
+
+def test_wandb_is_offline_in_the_run_dir_by_default(tmp_path: Path, monkeypatch):
+    from rlhf_exp.config.schema import WandbSpec
+
+    run = SimpleNamespace(logged=[], config={}, finished=False)
+    run.log = lambda metrics, step: run.logged.append((step, metrics))
+    run.config = SimpleNamespace(values={}, update=lambda d: run.config.values.update(d))
+    run.finish = lambda: setattr(run, "finished", True)
+    init: dict = {}
+    wandb = SimpleNamespace(init=lambda **kw: init.update(kw) or run)
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+
+    tracker = Tracker(tmp_path, tensorboard=False, wandb=WandbSpec())
+    _trainer_log(tracker, {"loss": 1.5}, step=3)
+    tracker.finish({"eval/kl": 0.1}, step=3, hparams={"method": "dpo", "beta": 0.1})
+
+    assert init["mode"] == "offline" and init["dir"] == str(tmp_path)
+    assert run.logged[0] == (3, {"train/loss": 1.5}) and run.logged[-1][1]["eval/kl"] == 0.1
+    assert run.config.values == {"method": "dpo", "beta": 0.1} and run.finished
+
+
+def test_mlflow_is_a_file_store_in_the_run_dir_by_default(tmp_path: Path, monkeypatch):
+    from rlhf_exp.config.schema import MlflowSpec
+
+    seen: dict = {"batches": [], "params": {}}
+
+    class Client:
+        def __init__(self, tracking_uri: str) -> None:
+            seen["uri"] = tracking_uri
+
+        def get_experiment_by_name(self, name):
+            return None
+
+        def create_experiment(self, name):
+            seen["experiment"] = name
+            return "1"
+
+        def create_run(self, experiment_id, run_name):
+            return SimpleNamespace(info=SimpleNamespace(run_id="r1"))
+
+        def log_batch(self, run_id, metrics):
+            seen["batches"].append({m.key: (m.value, m.step) for m in metrics})
+
+        def log_param(self, run_id, key, value):
+            seen["params"][key] = value
+
+        def set_terminated(self, run_id):
+            seen["ended"] = run_id
+
+    metric = lambda key, value, timestamp, step: SimpleNamespace(key=key, value=value, step=step)  # noqa: E731
+    mlflow = SimpleNamespace(MlflowClient=Client, entities=SimpleNamespace(Metric=metric))
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+
+    tracker = Tracker(tmp_path, tensorboard=False, mlflow=MlflowSpec())
+    tracker.log_scalars({"train/loss": 2.0}, step=1)
+    tracker.finish({"eval/kl": 0.1}, step=1, hparams={"seed": 0})
+
+    assert seen["uri"] == (tmp_path / "mlruns").absolute().as_uri()  # file:, nothing remote
+    assert seen["batches"][0] == {"train/loss": (2.0, 1)}
+    assert seen["params"] == {"seed": 0} and seen["ended"] == "r1"

@@ -3,6 +3,7 @@
 from rlhf_exp.models.loading import (
     apply_lora,
     count_parameters,
+    enable_gradient_checkpointing,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -16,6 +17,7 @@ __all__ = [
     "apply_lora",
     "build_tiny_base",
     "count_parameters",
+    "enable_gradient_checkpointing",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",

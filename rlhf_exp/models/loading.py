@@ -149,6 +149,9 @@ def _from_pretrained(
     `model.allow_pickle_weights` (a hub repo with only `.bin` weights fails to load).
     """
     source = _resolve(name_or_path)
+    if spec.revision is not None and not Path(source).exists():
+        # only the hub has revisions; local dirs (cached stages, saved runs) are what they are
+        kwargs["revision"] = spec.revision
     if weights:
         _check_weights(source, spec)
         if not spec.allow_pickle_weights:
@@ -217,19 +220,42 @@ def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase 
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """`from_pretrained` arguments of a model (not its tokenizer) from the model group."""
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, spec.dtype)}
+    if spec.attn_implementation is not None:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        # QLoRA's recipe: NF4 with double quantisation; matmuls in the training precision
+        compute = torch.bfloat16 if spec.precision == "bf16" else getattr(torch, spec.dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    return kwargs
+
+
+def _prepared(model: PreTrainedModel, spec: ModelSpec) -> PreTrainedModel:
+    """A 4-bit model made trainable under LoRA (peft: frozen base, norms in fp32); gradient
+    checkpointing is left to the trainers' args and `enable_gradient_checkpointing`."""
+    if not spec.load_in_4bit:
+        return model
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def load_causal_lm(
     name_or_path: str, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> PreTrainedModel:
     """Causal LM in `spec.dtype`; pass the tokenizer from `load_tokenizer` to match its vocab."""
     model = _from_pretrained(
-        AutoModelForCausalLM.from_pretrained,
-        name_or_path,
-        spec,
-        weights=True,
-        dtype=getattr(torch, spec.dtype),
+        AutoModelForCausalLM.from_pretrained, name_or_path, spec, weights=True, **model_kwargs(spec)
     )
     _match_tokenizer(model, tokenizer)
-    return model
+    return _prepared(model, spec)
 
 
 def load_reward_model(
@@ -246,14 +272,49 @@ def load_reward_model(
         spec,
         weights=True,
         num_labels=1,
-        dtype=getattr(torch, spec.dtype),
+        **model_kwargs(spec),
     )
     _match_tokenizer(model, tokenizer)
     if model.config.pad_token_id is None:
         raise ValueError(
             f"{name_or_path!r} has no pad_token_id: pass the tokenizer from load_tokenizer"
         )
-    return model
+    return _prepared(model, spec)
+
+
+def enable_gradient_checkpointing(module: nn.Module) -> None:
+    """Gradient checkpointing (`model.gradient_checkpointing`) for a training loop of our own
+    (PPO) on every transformers model inside `module`; the trainers enable it from their args.
+
+    transformers checkpoints a layer only in training mode, and our loop keeps its models in
+    eval mode (dropout would break PPO's ratios), so each checkpointed layer is put in training
+    mode for the span of its own forward: that flag decides checkpointing and nothing else,
+    dropout lives in child modules that stay in eval mode. Without gradients (rollouts,
+    evaluation) layers run as usual, the KV cache included.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    done: set[int] = set()
+    for model in module.modules():
+        if isinstance(model, PreTrainedModel) and id(model) not in done:
+            # non-reentrant: correct with frozen inputs (LoRA) without enable_input_require_grads
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+            done.update(id(m) for m in model.modules())
+    if not done:
+        raise ValueError(f"{type(module).__name__} holds no transformers model to checkpoint")
+    for layer in module.modules():
+        if isinstance(layer, GradientCheckpointingLayer):
+            layer.register_forward_pre_hook(_checkpoint_mode_on)
+            layer.register_forward_hook(_checkpoint_mode_off)
+
+
+def _checkpoint_mode_on(layer: nn.Module, args: Any) -> None:
+    layer._mode_before_checkpoint = layer.training
+    layer.training = True
+
+
+def _checkpoint_mode_off(layer: nn.Module, args: Any, output: Any) -> None:
+    layer.training = layer._mode_before_checkpoint
 
 
 # --------------------------------------------------------------------------------------- LoRA
