@@ -14,3 +14,21 @@ def is_main_process() -> bool:
 def world_size() -> int:
     """Processes in the launched group (1 without a launcher)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def any_process(flag: bool) -> bool:
+    """`flag` OR-ed over the launched group: every rank gets the same answer, so a signal that
+    reached one rank stops them all at the same step (collective: every rank must call it)."""
+    if world_size() <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)

@@ -23,6 +23,7 @@ from transformers import get_scheduler
 
 from rlhf_exp import signals
 from rlhf_exp.config.ppo import PPOSpec
+from rlhf_exp.distributed import any_process
 from rlhf_exp.errors import Interrupted, NonFiniteError
 from rlhf_exp.methods.ppo import checkpoint, core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
@@ -169,13 +170,13 @@ class PPOTrainer:
                     kl=f"{metrics['objective/kl']:.3f}",
                 )
                 on_step(self.step, metrics)
-                stop = self._any_process_signalled()
+                stop = any_process(signals.stop_requested())
                 if stop or self.step % self.spec.save_steps == 0 or self.step == self.total_steps:
                     self.save()
                 if stop:
                     bar.close()
                     raise Interrupted(Path(self.checkpoint_dir).parent, self.step)
-            if self._any_process_signalled():  # came while the last step was saved
+            if any_process(signals.stop_requested()):  # came while the last step was saved
                 raise Interrupted(Path(self.checkpoint_dir).parent, self.step)
         signals.rename_phase("evaluation")  # what follows training: saving and evaluating
         bar.close()
@@ -184,11 +185,6 @@ class PPOTrainer:
             seconds, 1e-9
         )
         return metrics | totals
-
-    def _any_process_signalled(self) -> bool:
-        """True on every process once any of them got a signal, so they all save and stop."""
-        flag = torch.tensor(float(signals.stop_requested()), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, "sum").item() > 0)
 
     def iteration(self) -> dict[str, float]:
         spec, acc = self.spec, self.accelerator
