@@ -342,6 +342,7 @@ class ArtifactCache:
         """
         entry = self.entry_path(kind, key)
         if is_complete(entry):
+            log.info("cache: reusing %s %s", kind, entry)
             return entry
         entry.parent.mkdir(parents=True, exist_ok=True)
         with entry_lock(Path(f"{entry}.lock")):
@@ -353,6 +354,7 @@ class ArtifactCache:
                 log.warning("cache: %s; rebuilding the entry", problem)
                 shutil.rmtree(entry)
             self._remove_stale(entry)
+            log.info("cache: building %s %s (not in the cache)", kind, entry)
             if resumable:
                 tmp = self.build_dir(kind, key)
                 tmp.mkdir(exist_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rlhf_exp.artifacts import OWNER_FILE, ArtifactCache
+from rlhf_exp.config.location import conf_dir
 from rlhf_exp.config.schema import DatasetSpec, RunConfig, method_spec
 from rlhf_exp.distributed import world_size
 from rlhf_exp.errors import Interrupted, UserError
@@ -30,7 +31,7 @@ from rlhf_exp.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()  # the packaged or the repo's conf/ (config/location.py)
 # Cache kinds built from a run's data alone (the tiny base, the rows, their tokenisation):
 # removed again when the run is rejected (`runner.execute`); trained stages are kept.
 DATA_KINDS = ("base", "data")
@@ -269,7 +270,8 @@ def stage_method_node(stage: str) -> Any:
     the config search path add), its `${dataset.*}` interpolations left unresolved.
 
     Inside a running app this is the app's own config loader (its search path, plugins'
-    config dirs included); elsewhere (tests, scripts) the repo's `conf/`."""
+    config dirs included); elsewhere (tests, scripts) `conf_dir()`, the packaged or the
+    repo's `conf/`."""
     from hydra.core.global_hydra import GlobalHydra
 
     return copy.deepcopy(_composed_method(stage, GlobalHydra.instance().is_initialized()))

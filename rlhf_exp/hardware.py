@@ -76,3 +76,31 @@ def launcher_parallel_jobs() -> int:
         return 1
     n_jobs = int(launcher.get("n_jobs", -1))
     return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+
+
+# A sweep job of the tiny default peaks near 0.9 GB (the frontier sweep); 4 GiB a job leaves
+# room for larger models and the sweeping process.
+MEMORY_PER_JOB = 4 * 2**30
+
+
+def sweep_jobs(env: dict[str, str], cpus: int, memory_bytes: int, cuda: bool) -> int:
+    """Jobs a local sweep runs at once (hydra/launcher=local_parallel).
+
+    One per core (each on one thread: on this 2-core machine the frontier sweep ran 1.78x the
+    jobs per hour as 2 jobs x 1 thread than as 1 job x 2 threads, benchmarks/NOTES.md), at most
+    one per MEMORY_PER_JOB; one on a CUDA machine, whose jobs would share the GPU.
+    RLHF_EXP_SWEEP_JOBS overrides (the test suite sets 1: its own workers fill the cores).
+    """
+    if env.get("RLHF_EXP_SWEEP_JOBS"):
+        return max(1, int(env["RLHF_EXP_SWEEP_JOBS"]))
+    if cuda:
+        return 1
+    return max(1, min(cpus, memory_bytes // MEMORY_PER_JOB))
+
+
+def local_sweep_jobs() -> int:
+    """`sweep_jobs` for this machine and environment."""
+    import torch
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return sweep_jobs(dict(os.environ), os.cpu_count() or 1, memory, torch.cuda.is_available())

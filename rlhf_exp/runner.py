@@ -32,10 +32,11 @@ from rlhf_exp.context import (
     discard_conversions,
     stage_key,
 )
-from rlhf_exp.distributed import is_main_process
+from rlhf_exp.distributed import is_main_process, world_size
+from rlhf_exp.errors import ConfigError, Interrupted, UserError
 from rlhf_exp.hardware import launcher_parallel_jobs, torch_threads
-from rlhf_exp.errors import Interrupted, UserError
-from rlhf_exp.tracking import Tracker, summary_table
+from rlhf_exp.objective import ObjectiveMissing, objective_value
+from rlhf_exp.tracking import Tracker, summary_table, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 @signals.phase("setup")  # until training; saving and evaluation name their own phases
 def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
     """Run `run.method` in `run_dir`; returns its final metrics (also in `metrics.json`)."""
+    import torch
     from transformers import set_seed
 
     from rlhf_exp.methods import get_method
@@ -51,7 +53,7 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s: starting in %s", run.method.name, run_dir)
     set_seed(run.seed)
-    tracker = Tracker(run_dir, run.logger.tensorboard, writes=is_main_process())
+    tracker = Tracker.from_spec(run_dir, run.logger, writes=is_main_process())
     ctx = RunContext(run, run_dir, cache, tracker)
     stored = len(cache.stored)
     try:
@@ -66,6 +68,8 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
             "method": run.method.name,
             **trained,
             "model/precision": run.model.precision,  # what `auto` became on this machine
+            "run/processes": world_size(),
+            "run/threads": torch.get_num_threads(),  # per process
             **{
                 f"data/{split}/{name}": value
                 for split, stats in ctx.data_report.items()
@@ -79,13 +83,30 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
             metrics["knob"] = f"{knob}={hparams[knob]}"
         step = int(metrics.get("train/global_step", 0))
         with signals.phase("saving", deferred=True), reporting_disk_full(run_dir):
-            return ctx.tracker.finish(metrics, step, hparams)
+            metrics = ctx.tracker.finish(metrics, step, hparams)
     except UserError:  # rejected: what was built from its data is not kept in the cache
         cache.discard(cache.stored[stored:], DATA_KINDS)
         discard_conversions(run.dataset, cache.root)
         raise
     finally:
         ctx.tracker.close()
+    return metrics
+
+
+def _with_objective(run: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` plus `objective` (read from any key, `time/wall_s` too), rewritten to
+    metrics.json. One that cannot be computed fails the run for a sweeper, keeping its results."""
+    if run.objective.metric is None:
+        return metrics
+    try:
+        metrics = {**metrics, "objective": objective_value(run.objective, metrics)}
+    except ObjectiveMissing as err:
+        metrics = {**metrics, "status": "failed", "error": f"error: {err}"}
+        raise
+    finally:
+        if is_main_process():
+            write_metrics(Path(run.paths.output_dir), metrics)
+    return metrics
 
 
 def main(cfg: DictConfig) -> float | None:
@@ -150,8 +171,13 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         from rlhf_exp.methods import get_method  # imports torch, transformers, trl: seconds
 
         method = get_method(run.method.name)
+        if run.hub.push and not method.produces_model:
+            raise ConfigError("hub.push", True, f"method={method.name} saves no model to push")
         cache = ArtifactCache(Path(run.paths.cache_dir))
         metrics = execute(run, run_dir, cache)
+        # the sweeper's number: of this run, never of the upstream stages `execute` also runs
+        with signals.phase("saving", deferred=True), reporting_disk_full(run_dir):
+            metrics = _with_objective(run, metrics)
         attempt.finished = True
         if method.produces_model and is_main_process():
             with signals.phase("saving", deferred=True):
@@ -162,7 +188,9 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         if (stop := signals.masked_stop(err)) is not None:  # cleanup failed while stopping
             raise stop from err
         line = f"error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        if not isinstance(err, RunDirInUse):  # that dir's metrics.json is another run's
+        # RunDirInUse: that dir's metrics.json is another run's; ObjectiveMissing: it holds
+        # this run's results and the error already
+        if not isinstance(err, (RunDirInUse, ObjectiveMissing)):
             _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
         if multirun:
             log.error("%s", line, exc_info=not isinstance(err, UserError))
@@ -199,8 +227,9 @@ _HYDRA_FILES = (".hydra",)
 
 def _same_run(text: str, other: str) -> bool:
     """Whether two config.yaml texts are the same run: every key both have holds the same
-    value, `resume_from`, `overwrite` and `threads` aside (how an attempt runs, not what it
-    computes). A key only one has is a key added or removed by a code update, not another run."""
+    value, `resume_from`, `overwrite`, `threads` and `hub.*` aside (how an attempt runs or is
+    published, not what it computes). A key only one has is a key added or removed by a code
+    update, not another run."""
 
     def flat(node: Any, key: str = "") -> dict[str, Any]:
         if not isinstance(node, dict):
@@ -211,7 +240,11 @@ def _same_run(text: str, other: str) -> bool:
         mine, theirs = (flat(OmegaConf.to_container(OmegaConf.create(t))) for t in (text, other))
     except Exception:  # not a config we can read: not this run's
         return False
-    common = (mine.keys() & theirs.keys()) - {".resume_from", ".overwrite", ".threads"}
+    # publishing (hub.*) is what happens after the run, not what it computes
+    ignored = {".resume_from", ".overwrite", ".threads"}
+    common = {
+        k for k in mine.keys() & theirs.keys() if k not in ignored and not k.startswith(".hub.")
+    }
     return ".method.name" in common and all(mine[k] == theirs[k] for k in common)
 
 
@@ -335,7 +368,7 @@ def _user_args(*drop: str) -> list[str]:
     starting with `drop` (with or without a +/++/~ prefix)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if sys.argv and sys.argv[0].endswith(".py"):
+    if _entry() is not None:
         args = sys.argv[1:]
     elif HydraConfig.initialized():  # called without run.py's command line (a test)
         args = list(HydraConfig.get().overrides.task)
@@ -344,12 +377,22 @@ def _user_args(*drop: str) -> list[str]:
     return [a for a in args if not a.lstrip("+~").startswith(drop)]
 
 
+def _entry() -> list[str] | None:
+    """How the user started us: `python run.py` or the `rlhf-exp` console script (None:
+    from elsewhere, e.g. a test calling `main`)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name == "rlhf-exp":
+        return ["rlhf-exp"]
+    if not argv0.endswith(".py"):
+        return None
+    if os.path.isabs(argv0) and not os.path.relpath(argv0).startswith(".."):
+        argv0 = os.path.relpath(argv0)  # the command runs from the same working dir
+    return ["python", argv0]
+
+
 def _command(args: list[str], extra: list[str]) -> str:
-    """A shell command that runs this entry script (as the user invoked it) with `args`."""
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "run.py"
-    if os.path.isabs(script) and not os.path.relpath(script).startswith(".."):
-        script = os.path.relpath(script)  # the command runs from the same working dir
-    return shlex.join(["python", script, *args, *extra])
+    """A shell command that runs this entry (as the user invoked it) with `args`."""
+    return shlex.join([*(_entry() or ["python", "run.py"]), *args, *extra])
 
 
 def _resume_command(run_dir: Path, checkpoint: bool) -> str:
@@ -432,10 +475,21 @@ def _record_failure(cfg: DictConfig, error: str) -> None:
 
 
 def _publish(cache: ArtifactCache, run: RunConfig, run_dir: Path) -> None:
-    """Store the run's model in the cache so later runs that need this stage reuse it."""
+    """Give the run's model its card, store it in the cache so later runs that need this
+    stage reuse it, and push it to the hub when `hub.push` opts in."""
+    from rlhf_exp.methods import get_method
+    from rlhf_exp.model_card import write_model_card
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # before the cache copies the dir (it hard-links files): the entry gets the same card
+    write_model_card(run_dir / "model", run, metrics, get_method(run.method.name).needs_for(run))
 
     def build(tmp: Path) -> None:
         copy_tree(run_dir / "model", tmp / "model")
         shutil.copy2(run_dir / "metrics.json", tmp / "metrics.json")
 
     cache.get_or_build(run.method.name, stage_key(run), build)
+    if run.hub.push:
+        from rlhf_exp.hub import push_model_dir
+
+        push_model_dir(run_dir / "model", run.hub, f"rlhf-exp: method={run.method.name}")

@@ -13,7 +13,8 @@ import torch
 from transformers import TrainerCallback
 
 from rlhf_exp import signals
-from rlhf_exp.errors import Interrupted, NonFiniteError, UserError
+from rlhf_exp.distributed import any_process, world_size
+from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
 
 if TYPE_CHECKING:
     from rlhf_exp.config.schema import TrainSpec
@@ -27,8 +28,9 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
     """Keyword arguments for a TRL `*Config`, with CPU-sane values set explicitly.
 
     TRL defaults `bf16=True` and gradient checkpointing on. Checkpointing only recomputes
-    activations that fit easily for small models, so it is off; bf16 follows
-    `model.precision` (settled for this machine if `auto`; benchmarks/NOTES.md: what bf16 gains).
+    activations that fit easily for small models, so it follows `model.gradient_checkpointing`
+    (off by default); bf16 follows `model.precision` (settled for this machine if `auto`;
+    benchmarks/NOTES.md: what bf16 gains).
     """
     return {
         "output_dir": str(ctx.checkpoint_dir),
@@ -53,7 +55,8 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         "report_to": "none",  # the run's Tracker adds its own TensorBoard callback
         "bf16": ctx.run.model.precision == "bf16",
         "fp16": False,
-        "gradient_checkpointing": False,
+        # (transformers 5 checkpoints non-reentrantly: fine with LoRA's frozen embeddings)
+        "gradient_checkpointing": ctx.run.model.gradient_checkpointing,
         "disable_tqdm": False,
         "train_sampling_strategy": "group_by_length" if spec.group_by_length else "random",
         "torch_compile": spec.torch_compile,
@@ -124,8 +127,11 @@ class TrainingGuard(TrainerCallback):
     appears, before any save of that step, so the last checkpoint on disk stays a good one.
     """
 
+    stopping = False  # a signal reached this process or another rank of its group
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if signals.stop_requested():
+        if any_process(signals.stop_requested()):
+            self.stopping = True
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -353,10 +359,14 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
     current step and its checkpoint, then this raises `Interrupted`. What follows (saving,
     evaluating) is the `evaluation` phase, where a signal stops at once.
     """
+    # TRL writes a card into checkpoints/ at every save, naming the base model "None" (ours
+    # load from local dirs); the run's card is model/README.md (rlhf_exp/model_card.py).
+    trainer.create_model_card = lambda *args, **kwargs: None
     start = resume_checkpoint(ctx)
     sums = LossState(trainer, start)
     trainer.add_callback(sums)  # before the guard marks a save complete
-    trainer.add_callback(TrainingGuard())
+    guard = TrainingGuard()
+    trainer.add_callback(guard)
     if trainer.args.train_sampling_strategy == "group_by_length":
         feed_lengths(trainer)
     if start is not None and finished_checkpoint(trainer, start):
@@ -369,7 +379,8 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
         log.info("resuming from %s", start)
     with signals.phase("training", deferred=True):
         result = trainer.train(resume_from_checkpoint=str(start) if start else None)
-        if signals.stop_requested():  # also when the signal came after the last step
+        # also when the signal came after the last step (the group decides together)
+        if guard.stopping or any_process(signals.stop_requested()):
             raise Interrupted(ctx.run_dir, trainer.state.global_step)
     signals.rename_phase("evaluation")
     if sums.restored:  # (its checkpoint may be rotated away by now)
@@ -404,3 +415,35 @@ def reference_policy(trainer: Any, run: Any, init: str) -> Any | None:
     if trainer.ref_model is not None:
         return trainer.ref_model
     return load_causal_lm(init, run.model, tokenizer=trainer.processing_class).eval()
+
+
+def refuse_multiprocess_precompute(spec: Any) -> None:
+    """DPO/KTO: precomputed reference log-probs need one process.
+
+    TRL maps the precomputed log-probs onto our in-memory datasets on the main process first;
+    the other ranks then look for its temporary cache files and fail (measured with 2 CPU
+    processes). Without precomputation the reference runs every step.
+    """
+    if spec.precompute_ref_log_probs and world_size() > 1:
+        raise ConfigError(
+            "method.precompute_ref_log_probs",
+            True,
+            "false when training with several processes (accelerate launch)",
+        )
+
+
+def rows_for_steps(dataset: Any, spec: Any, seed: int) -> Any:
+    """The rows `spec.max_steps` optimiser steps consume, when that is fewer than `dataset`
+    holds: a seeded random subset, trained on for exactly one epoch.
+
+    Precomputing reference log-probs scores every row before step 1 (TRL), so a short run on a
+    large dataset spent most of its time scoring rows it never trains on. The subset is a
+    uniform draw, as the rows a shuffled epoch reaches in `max_steps` steps are.
+    """
+    if spec.max_steps < 0:
+        return dataset
+    per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps * world_size()
+    needed = spec.max_steps * per_step
+    if needed >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(needed))

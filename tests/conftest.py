@@ -16,6 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two test processes on two cores: one thread each (and in the runs they start), else
     # torch's default of a thread per core puts 4 spinning OpenMP threads on 2 cores.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    # and the comparison sweeps they run go one job at a time (hydra/launcher=local_parallel)
+    os.environ["RLHF_EXP_SWEEP_JOBS"] = "1"
 
 from rlhf_exp.context import CONF_DIR  # noqa: E402  (after the thread settings: imports torch)
 

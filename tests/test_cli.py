@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def test_help_lists_groups_and_options():
@@ -136,3 +137,42 @@ def test_rerun_sweep_skips_finished_jobs_and_resumes_the_others(tmp_path: Path):
     assert (done / "metrics.json").stat().st_mtime_ns == finished_at
     resumed = json.loads((cut / "metrics.json").read_text())
     assert resumed["train/global_step"] == 4 and "status" not in resumed
+
+
+@pytest.mark.slow
+def test_slurm_preset_runs_a_sweep_through_submitit_locally(tmp_path: Path, shared_cache):
+    """The SLURM preset's resources on submitit's local executor (no cluster here; what only
+    sbatch takes, e.g. signal_delay_s, the local executor refuses): the jobs run as submitit
+    jobs in their own processes and the sweep reports them."""
+    preset = yaml.safe_load((ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text())
+    assert preset["defaults"] == ["submitit_slurm"] and preset["gpus_per_node"] == 1
+    generic = ("timeout_min", "cpus_per_task", "tasks_per_node", "mem_gb")
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        *(f"hydra.launcher.{key}={preset[key]}" for key in generic),
+        "method=sft",
+        "debug=fast",
+        "method.max_steps=2",
+        "seed=0,1",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={shared_cache}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed in (0, 1):
+        job = sweep / f"method.max_steps=2,method=sft,seed={seed}"
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["train/global_step"] == 2 and "status" not in metrics
+    assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit ran them
+    assert "2 runs" in (sweep / "comparison.md").read_text()
+
+
+def test_slurm_preset_composes_for_a_cluster():
+    result = run_cli("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr[-2000:]
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
+    assert launcher["signal_delay_s"] == 120  # SIGUSR2 before the time limit's SIGTERM

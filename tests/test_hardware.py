@@ -71,3 +71,13 @@ def test_a_rerun_with_other_threads_is_the_same_run():
     base = "method:\n  name: sft\nseed: 0\nthreads: null\n"
     assert _same_run(base, base.replace("threads: null", "threads: 1"))
     assert not _same_run(base, base.replace("seed: 0", "seed: 1"))
+
+
+def test_a_local_sweep_runs_a_job_per_core_within_memory_and_one_on_a_gpu():
+    from rlhf_exp.hardware import MEMORY_PER_JOB, sweep_jobs
+
+    assert sweep_jobs({}, cpus=2, memory_bytes=24 * 2**30, cuda=False) == 2
+    assert sweep_jobs({}, cpus=64, memory_bytes=24 * 2**30, cuda=False) == 6  # memory-bound
+    assert sweep_jobs({}, cpus=2, memory_bytes=MEMORY_PER_JOB - 1, cuda=False) == 1
+    assert sweep_jobs({}, cpus=8, memory_bytes=64 * 2**30, cuda=True) == 1
+    assert sweep_jobs({"RLHF_EXP_SWEEP_JOBS": "3"}, cpus=2, memory_bytes=2**40, cuda=False) == 3

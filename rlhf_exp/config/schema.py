@@ -74,6 +74,9 @@ class TinySpec:
     n_embd: int = _f(128, ge=8, le=2**15)
     n_positions: int = _f(128, ge=16, le=MAX_TOKENS, why_high=TOKENS)
     vocab_size: int = _f(2048, ge=300, le=2**18)  # byte-level BPE: the 256 bytes plus merges
+    # the model's vocab is vocab_size even when the corpus supplies fewer tokens (the rows
+    # past the tokenizer's are never a token): a given shape, e.g. GPT-2 small's 50,257
+    exact_vocab: bool = False
 
 
 @dataclass
@@ -93,6 +96,19 @@ class ModelSpec:
     allow_pickle_weights: bool = False
     lora_target_modules: list[str] = _f(["c_attn", "c_proj", "c_fc"])
     tiny: TinySpec = field(default_factory=TinySpec)
+    # Recompute each block's activations in the backward pass instead of keeping them: ~30%
+    # more compute for activation memory that no longer grows with the layers (for long
+    # sequences on a GPU). Passed to the trainers' args and enabled in our PPO loop.
+    gradient_checkpointing: bool = False
+    # Attention kernel of `from_pretrained`; null: transformers' choice (sdpa where supported).
+    # flash_attention_2 needs a CUDA GPU and the flash-attn package (checked before loading).
+    attn_implementation: str | None = _f(None, choices=["eager", "sdpa", "flash_attention_2"])
+    # A hub model's branch, tag or commit hash for the model and its tokenizer (a commit pins
+    # it: a re-upload under the same name changes nothing). Part of every stage's cache key.
+    revision: str | None = None
+    # QLoRA (lora=qlora): the base weights in 4-bit NF4 (bitsandbytes), frozen, with LoRA
+    # adapters trained on top. Needs a CUDA GPU, bitsandbytes and LoRA.
+    load_in_4bit: bool = False
 
 
 @dataclass
@@ -272,6 +288,17 @@ class EvalSpec:
     reward_model: bool = True
 
 
+@dataclass
+class ObjectiveSpec:
+    """The number `run.py` returns to a sweeper (hparams_search/, Optuna), also written to
+    metrics.json as `objective`: `metric`, less `kl_penalty` per nat of eval KL (k3) beyond
+    `kl_budget`, so a search cannot buy reward with divergence it was not allowed."""
+
+    metric: str | None = None  # a key of metrics.json, e.g. eval/gold_reward; null: no objective
+    kl_budget: float | None = _f(None, ge=0)  # null: the metric as it is
+    kl_penalty: float = _f(1.0, ge=0)
+
+
 # ------------------------------------------------------------------------------ run level
 @dataclass
 class StageSource:
@@ -297,8 +324,44 @@ class PathsSpec:
 
 
 @dataclass
+class WandbSpec:
+    """Weights & Biases (`logger=wandb`); offline unless `mode=online` (README, Logging)."""
+
+    project: str = "rlhf-exp"
+    entity: str | None = None  # a team or user; null: the logged-in user's default
+    # offline: files under <run dir>/wandb only, uploaded later with `wandb sync`; online
+    # streams to the wandb server (after `wandb login`)
+    mode: str = _f("offline", choices=["offline", "online"])
+
+
+@dataclass
+class MlflowSpec:
+    """MLflow (`logger=mlflow`); a file store in the run dir unless a server is named."""
+
+    # null: file:<run dir>/mlruns (mlflow ui --backend-store-uri <that>); or an http(s) URI
+    tracking_uri: str | None = None
+    experiment: str = "rlhf-exp"
+
+
+@dataclass
 class LoggerSpec:
+    """Where a run's scalars go besides metrics.json; each backend its own key, so presets
+    combine (`logger=[tensorboard,csv]`). TensorBoard stays on unless turned off."""
+
     tensorboard: bool = True
+    csv: bool = False  # <run dir>/metrics.csv: one row (step, key, value) per scalar
+    wandb: WandbSpec | None = None  # null: off
+    mlflow: MlflowSpec | None = None  # null: off
+
+
+@dataclass
+class HubSpec:
+    """Opt-in upload of a finished run's `model/` dir (weights, tokenizer, model card) to the
+    Hugging Face Hub, by the main process (`rlhf_exp/hub.py`); never on by default."""
+
+    push: bool = False
+    repo_id: str | None = None  # "user/name" or "org/name"; required when push is true
+    private: bool = True  # a repo this creates is private; an existing repo keeps its setting
 
 
 @dataclass
@@ -312,6 +375,7 @@ class RunConfig:
     upstream: UpstreamSpec
     logger: LoggerSpec
     eval: EvalSpec = field(default_factory=EvalSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     # "latest" (in this run dir) or a checkpoint dir
     resume_from: str | None = _f(None, path=True)
     overwrite: bool = False  # empty a run dir that holds another run's files
@@ -325,6 +389,7 @@ class RunConfig:
     # Modules imported before anything else, so they can register methods (with their
     # TrainSpec schema) and reward functions without editing the package.
     plugins: list[str] = _f([])
+    hub: HubSpec = field(default_factory=HubSpec)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -494,8 +559,10 @@ def _cross_checks(run: RunConfig) -> None:
         for key in ("policy_path", "reference_path"):
             if getattr(run, key) is not None:
                 raise ConfigError(key, getattr(run, key), "only method=eval takes it")
+    _check_hub(run.hub)
     if run.lora.enabled and not run.model.lora_target_modules:
         raise ConfigError("model.lora_target_modules", [], "list the modules LoRA wraps")
+    _check_model_knobs(run)
     data = run.dataset
     if data.source == "files":
         _check_split_map("dataset.data_files", data.data_files, "a file")
@@ -505,6 +572,74 @@ def _cross_checks(run: RunConfig) -> None:
                 "dataset.hub_name", data.hub_name, "name a hub dataset for source=hub"
             )
         _check_split_map("dataset.hub_splits", data.hub_splits, "a hub split")
+
+
+def _check_hub(hub: HubSpec) -> None:
+    if hub.push and not hub.repo_id:
+        raise ConfigError(
+            "hub.repo_id", hub.repo_id, "hub.push=true needs a repo id like 'user/name'"
+        )
+    if hub.repo_id is not None and not HUB_REPO_ID.fullmatch(hub.repo_id):
+        raise ConfigError(
+            "hub.repo_id", hub.repo_id, "expected 'user/name' or 'org/name' (letters, digits, -_.)"
+        )
+
+
+def _check_model_knobs(run: RunConfig) -> None:
+    """Model knobs that only make sense together with others; the hardware they need is
+    checked by `check_machine`."""
+    model = run.model
+    if model.load_in_4bit and not run.lora.enabled:
+        raise ConfigError(
+            "model.load_in_4bit",
+            True,
+            "4-bit weights cannot be trained directly: use lora=qlora (LoRA adapters on them)",
+        )
+    if model.revision is not None and model.name_or_path is None:
+        raise ConfigError(
+            "model.revision", model.revision, "only a hub model has revisions (model=tiny has none)"
+        )
+
+
+def check_machine(run: RunConfig) -> None:
+    """What the config asks of this machine: 4-bit weights and flash attention run only on a
+    CUDA GPU with their package. Kept out of `validate`, like `check_paths` (which calls it),
+    so that a GPU config composes and validates on any machine."""
+    model = run.model
+    needs = []
+    if model.load_in_4bit:
+        needs.append(("model.load_in_4bit", True, "4-bit loading", "bitsandbytes", "bitsandbytes"))
+    if model.attn_implementation == "flash_attention_2":
+        key, value = "model.attn_implementation", model.attn_implementation
+        needs.append((key, value, "flash attention 2", "flash_attn", "flash-attn"))
+    if not needs:
+        return
+    import importlib.util
+
+    import torch
+
+    for key, value, what, module, package in needs:
+        missing = []
+        if not torch.cuda.is_available():
+            missing.append("this machine has no CUDA GPU")
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{package} is not installed")
+        if missing:
+            raise ConfigError(
+                key,
+                value,
+                f"{what} needs a CUDA GPU and {package} (pip install {package}); "
+                + " and ".join(missing),
+            )
+    # flash-attn has no fp32 kernels: without bf16 autocast or half weights it fails mid-run
+    flash = model.attn_implementation == "flash_attention_2"
+    if flash and model.precision == "fp32" and model.dtype == "float32":
+        raise ConfigError(
+            "model.attn_implementation",
+            model.attn_implementation,
+            "flash attention computes in bf16/fp16 only; set model.precision=bf16 "
+            "(auto picks it on GPUs with bf16) or model.dtype=bfloat16",
+        )
 
 
 def _check_trainer_kwargs(spec: TrainSpec) -> None:
@@ -537,6 +672,8 @@ def _check_split_map(key: str, mapping: dict[str, str], target: str) -> None:
 
 # "gpt2", "org/model-v1.5": a model name that is not a local path is taken as a hub id.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# Where hub.push uploads: always namespaced, so the owner of the repo is explicit.
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def is_hub_id(name: str) -> bool:
@@ -547,8 +684,9 @@ def is_hub_id(name: str) -> bool:
 
 def check_paths(run: RunConfig) -> None:
     """Paths the config names must exist (and be what they are used as) before anything loads;
-    pickle files they would load must hold only tensors (`model_files.py`). Kept out of
-    `validate` so configs can be composed and checked on machines without the data."""
+    pickle files they would load must hold only tensors (`model_files.py`); the GPU and
+    packages the config needs must be here (`check_machine`). Kept out of `validate` so
+    configs can be composed and checked on machines without the data or the GPU."""
     from pathlib import Path
 
     name = run.model.name_or_path
@@ -564,6 +702,12 @@ def check_paths(run: RunConfig) -> None:
             )
         if local.is_dir():
             check_model_dir("model.name_or_path", name, run.model.allow_pickle_weights)
+        if local.is_dir() and run.model.revision is not None:
+            raise ConfigError(
+                "model.revision",
+                run.model.revision,
+                f"only a hub model has revisions; model.name_or_path={name!r} is a local dir",
+            )
 
     for split, value in run.dataset.data_files.items():  # a file, a directory or a glob
         resolve_data_files(f"dataset.data_files.{split}", value)
@@ -587,6 +731,7 @@ def check_paths(run: RunConfig) -> None:
                 _check_pickles("resume_from", run.resume_from, checkpoint)
     for key in ("log_dir", "cache_dir"):  # output_dir: Hydra has made it by now
         _check_dir_to_write(f"paths.{key}", getattr(run.paths, key))
+    check_machine(run)
 
 
 def _require_dir(key: str, value: str, valid: str, marker: str | None = None) -> None:

@@ -24,8 +24,7 @@ from rlhf_exp.config.dpo import DPOSpec
 from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.context import RunContext
 from rlhf_exp.data.tokens import require_rows
-from rlhf_exp.distributed import world_size
-from rlhf_exp.errors import ConfigError, UserError
+from rlhf_exp.errors import UserError
 from rlhf_exp.evaluation import final_evaluation
 from rlhf_exp.methods import evaluation_needs, register
 from rlhf_exp.models import (
@@ -39,6 +38,8 @@ from rlhf_exp.training import (
     eval_subset,
     final_eval_metrics,
     reference_policy,
+    refuse_multiprocess_precompute,
+    rows_for_steps,
     run_training,
     throughput,
     trl_config,
@@ -109,15 +110,7 @@ def build_trainer(
 @register("dpo", needs=evaluation_needs("sft"))
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     spec: DPOSpec = cfg.method  # type: ignore[assignment]
-    if spec.precompute_ref_log_probs and world_size() > 1:
-        # TRL maps the precomputed log-probs onto our in-memory datasets on the main process
-        # first; the other ranks then look for its temporary cache files and fail (measured
-        # with 2 CPU processes). Without precomputation the reference runs every step.
-        raise ConfigError(
-            "method.precompute_ref_log_probs",
-            True,
-            "false when training with several processes (accelerate launch)",
-        )
+    refuse_multiprocess_precompute(spec)
     init = str(ctx.upstream("sft"))
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
@@ -133,9 +126,12 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     knobs = "method.max_length / method.max_completion_length"
     require_rows(train, "pref_train", knobs)
     require_rows(test, "pref_test", knobs)
+    train_rows = train.dataset
+    if spec.precompute_ref_log_probs:  # score only the pairs this run will train on
+        train_rows = rows_for_steps(train_rows, spec, cfg.seed)
     # scoring every pair with the reference takes minutes on real data: a signal stops it
     with signals.phase("precompute" if spec.precompute_ref_log_probs else "setup"):
-        trainer = build_trainer(cfg, ctx, init, model, tokenizer, train.dataset, test.dataset)
+        trainer = build_trainer(cfg, ctx, init, model, tokenizer, train_rows, test.dataset)
     setup_s = time.perf_counter() - started  # tokenising, and scoring pairs with the reference
     trainable, total = count_parameters(trainer.model)
     log.info("dpo: %d of %d parameters trainable", trainable, total)
@@ -148,7 +144,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
 
     metrics = {
         "train/loss": result.training_loss,
-        "train/pairs": len(train.dataset),
+        "train/pairs": len(train_rows),
         "eval/loss": pair_metrics["eval_loss"],
         "eval/rewards_accuracies": pair_metrics["eval_rewards/accuracies"],
         "eval/rewards_margins": pair_metrics["eval_rewards/margins"],

@@ -45,8 +45,7 @@ from rlhf_exp.context import RunContext
 from rlhf_exp.data.formats import normalize_unpaired, strip_eos
 from rlhf_exp.data.loading import _split_by_prompt, load_raw
 from rlhf_exp.data.tokens import require_rows
-from rlhf_exp.distributed import world_size
-from rlhf_exp.errors import ConfigError, UserError
+from rlhf_exp.errors import UserError
 from rlhf_exp.evaluation import final_evaluation
 from rlhf_exp.methods import evaluation_needs, register
 from rlhf_exp.models import (
@@ -60,6 +59,8 @@ from rlhf_exp.training import (
     eval_subset,
     final_eval_metrics,
     reference_policy,
+    refuse_multiprocess_precompute,
+    rows_for_steps,
     run_training,
     throughput,
     trl_config,
@@ -265,17 +266,14 @@ def build_trainer(
 @register("kto", needs=evaluation_needs("sft"))
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     spec: KTOSpec = cfg.method  # type: ignore[assignment]
-    if spec.precompute_ref_log_probs and world_size() > 1:  # as for DPO: see dpo.py
-        raise ConfigError(
-            "method.precompute_ref_log_probs",
-            True,
-            "false when training with several processes (accelerate launch)",
-        )
+    refuse_multiprocess_precompute(spec)
     init = str(ctx.upstream("sft"))
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)
     started = time.perf_counter()
     train, test, task = _tokenized_rows(cfg, ctx, ctx.task(tokenizer), tokenizer)
+    if spec.precompute_ref_log_probs:  # score only the rows this run will train on
+        train = rows_for_steps(train, spec, cfg.seed)
     with signals.phase("precompute" if spec.precompute_ref_log_probs else "setup"):
         trainer = build_trainer(cfg, ctx, init, model, tokenizer, train, test)
     setup_s = time.perf_counter() - started  # tokenising, and scoring rows with the reference

@@ -76,12 +76,12 @@ def build_tiny_base(spec: TinySpec, corpus: Iterable[str], out_dir: Path, seed: 
 
     Same corpus and seed give an identical tokenizer and identical weights. The model's vocab is
     the tokenizer's actual size, which is below `spec.vocab_size` when the corpus is too small to
-    supply that many merges.
+    supply that many merges, unless `spec.exact_vocab` asks for `vocab_size` rows regardless.
     """
     tokenizer = train_tokenizer(corpus, spec.vocab_size, spec.n_positions)
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = GPT2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=spec.vocab_size if spec.exact_vocab else len(tokenizer),
         n_positions=spec.n_positions,
         n_embd=spec.n_embd,
         n_layer=spec.n_layer,
@@ -104,5 +104,9 @@ def build_tiny_base(spec: TinySpec, corpus: Iterable[str], out_dir: Path, seed: 
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "built tiny base: vocab %d, %.2fM params -> %s", len(tokenizer), n_params / 1e6, out_dir
+        "built tiny base: vocab %d (tokenizer %d), %.2fM params -> %s",
+        config.vocab_size,
+        len(tokenizer),
+        n_params / 1e6,
+        out_dir,
     )

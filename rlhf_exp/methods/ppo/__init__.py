@@ -57,7 +57,7 @@ def _needs(run: RunConfig) -> tuple[str, ...]:
 
 @register("ppo", needs=_needs)
 def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedType
     from accelerate.utils import broadcast_object_list
     from transformers import set_seed
 
@@ -68,6 +68,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     from rlhf_exp.models import (
         apply_lora,
         count_parameters,
+        enable_gradient_checkpointing,
         load_causal_lm,
         load_reward_model,
         load_tokenizer,
@@ -88,6 +89,13 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if cfg.model.precision == "bf16" else "no",
     )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # generation needs whole weights on every rank and the checkpoints hold whole tensors
+        raise UserError(
+            f"method=ppo runs on one process or data parallel (DDP), not "
+            f"{accelerator.distributed_type.value}: launch it with "
+            "rlhf_exp/accelerate_configs/ddp.yaml (GPUs) or cpu.yaml"
+        )
     main = accelerator.is_main_process
 
     sft_dir = str(ctx.upstream("sft"))
@@ -113,6 +121,8 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     else:
         score_fn = get_reward(reward_fn_name)
     model = PolicyAndValue(policy, critic, hidden_size(policy)).eval()  # dropout off for good
+    if cfg.model.gradient_checkpointing:  # policy and critic (the reference never trains)
+        enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
     log.info("ppo: %d of %d parameters trainable (policy + critic)", trainable, total)
 
