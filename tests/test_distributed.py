@@ -93,6 +93,8 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path, 
     common = [
         "method=reward",
         "debug=fast",
+        "dataset.n_sft=400",  # little data to tokenise in each rank: the stop is what is tested
+        "dataset.n_pairs=300",
         f"paths.root_dir={tmp_path}",
         f"paths.cache_dir={shared_cache}",
     ]

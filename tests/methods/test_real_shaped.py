@@ -57,7 +57,13 @@ def test_reward_model_on_long_dialogues(run_method, tmp_path):
 
 def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp_path):
     data = dialogue_file(tmp_path / "hh.jsonl")
-    metrics, run_dir, _, _ = run_method("method=dpo", "eval.num_prompts=16", *files_overrides(data))
+    metrics, run_dir, _, _ = run_method(
+        "method=dpo",
+        "method.max_steps=8",  # what is tested is the evaluation without a gold reward
+        "eval.num_prompts=16",
+        "eval.greedy=false",
+        *files_overrides(data),
+    )
     assert "eval/gold_reward" not in metrics
     for key in ("eval/rm_reward", "eval/win_rate_rm", "eval/kl", "eval/length_mean"):
         assert key in metrics, key
