@@ -408,46 +408,93 @@ def _scalars(job: Job, tag: str) -> list[tuple[int, float]]:
     return _event_scalars(job.path / "tensorboard").get(tag, [])
 
 
+# What each curve measures, for its y-axis.
+CURVE_LABELS = {
+    "objective/scores": "reward-model score per rollout",
+    "objective/kl": "KL to reference (nats)",
+    "eval/gold_reward": "gold reward (held-out mean)",
+    "train/rewards/margins": "implicit reward margin",
+    "train/rewards/accuracies": "implicit reward accuracy",
+    "train/loss": "training loss",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def seed_band(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mean, std) over seeds at the steps every seed logged: one line per setting, not
+    one per run, and no step that only some seeds reached."""
+    common = sorted(set.intersection(*(set(dict(points)) for points in series)))
+    values = [[dict(points)[step] for points in series] for step in common]
+    means = [statistics.fmean(v) for v in values]
+    stds = [statistics.pstdev(v) if len(v) > 1 else 0.0 for v in values]
+    return common, means, stds
+
+
+def _paper_style() -> dict[str, Any]:
+    """Sizes for a figure printed one or two paper columns wide (fonts stay readable)."""
+    return {
+        "font.size": 8,
+        "axes.titlesize": 8,
+        "axes.labelsize": 8,
+        "legend.fontsize": 7,
+        "xtick.labelsize": 7,
+        "ytick.labelsize": 7,
+    }
+
+
 def plot_curves(jobs: list[Job], out: Path) -> Path | None:
-    """Training curves: one row per method, one panel per `CURVE_TAGS` entry the method
-    logged, one line per finished job."""
+    """Training curves: a panel per method and `CURVE_TAGS` entry it logged, a line per knob
+    setting (mean over seeds, band: +-1 std over seeds), labelled axes, a legend per panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    done = [j for j in jobs if j.finished and (j.path / "tensorboard").is_dir()]
-    rows: dict[str, dict[str, list[tuple[Job, list]]]] = {}
-    for job in done:
+    panels: list[tuple[str, str, list[tuple[str, list[list[tuple[int, float]]]]]]] = []
+    for method, knobs in sorted(_series(jobs).items()):
         for tag in CURVE_TAGS:
-            points = _scalars(job, tag)
-            if len(points) > 1:
-                rows.setdefault(job.method, {}).setdefault(tag, []).append((job, points))
-    if not rows:
+            lines = []
+            for knob, members in knobs:
+                runs = [_scalars(j, tag) for j in members if (j.path / "tensorboard").is_dir()]
+                runs = [r for r in runs if len(r) > 1]
+                if runs:
+                    lines.append((knob, runs))
+            if lines:
+                panels.append((method, tag, lines))
+    if not panels:
         return None
-    width = max(len(tags) for tags in rows.values())
-    fig, axes = plt.subplots(
-        len(rows), width, figsize=(4.5 * width, 3.5 * len(rows)), squeeze=False
-    )
-    for axes_row, (method, tags) in zip(axes, sorted(rows.items()), strict=True):
-        for ax, (tag, series) in zip(axes_row, tags.items(), strict=False):
-            for job, points in series:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, label=job.name, linewidth=1)
-            ax.set(title=f"{method}: {tag}", xlabel="step")
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    with plt.rc_context(_paper_style()):
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 1.9 * rows), squeeze=False)
+        for ax, (method, tag, lines) in zip(axes.flat, panels, strict=False):
+            for knob, runs in lines:
+                steps, mean, std = seed_band(runs)
+                (line,) = ax.plot(steps, mean, linewidth=1.2, label=f"{knob} (n={len(runs)})")
+                low = [m - d for m, d in zip(mean, std, strict=True)]
+                high = [m + d for m, d in zip(mean, std, strict=True)]
+                ax.fill_between(steps, low, high, alpha=0.2, color=line.get_color(), linewidth=0)
+            ax.set(title=method, xlabel="training step", ylabel=CURVE_LABELS.get(tag, tag))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
             ax.grid(alpha=0.3)
-        axes_row[len(tags) - 1].legend(fontsize=6)
-        for ax in axes_row[len(tags) :]:
+            ax.legend(frameon=False)
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.suptitle("Training curves: mean over seeds, band +-1 std (n = seeds)")
+        fig.tight_layout()
+        path = out / "curves.png"
+        fig.savefig(path, dpi=200, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def plot_bars(jobs: list[Job], out: Path, score: Score | None = None) -> Path | None:
-    """BLEU and the win rate by the sweep's score per method + knob (mean over seeds)."""
+    """BLEU and the win rate by the sweep's score per method + knob: mean over seeds with
+    +-1 std error bars, labelled axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -457,24 +504,35 @@ def plot_bars(jobs: list[Job], out: Path, score: Score | None = None) -> Path | 
     rows = []
     for method, knobs in _series(jobs).items():
         for knob, members in knobs:
-            means = [
-                statistics.fmean([j.metrics.get(k, math.nan) for j in members])
-                for k in ("eval/bleu", score.win_key)
-            ]
-            rows.append((f"{method}\n{knob}", *means))
-    if not rows or all(math.isnan(b) and math.isnan(w) for _, b, w in rows):
+            stats = []
+            for key in ("eval/bleu", score.win_key):
+                vals = [j.metrics[key] for j in members if _is_number(j.metrics.get(key))]
+                stats.append(
+                    (statistics.fmean(vals), statistics.pstdev(vals) if len(vals) > 1 else 0.0)
+                    if vals
+                    else (math.nan, 0.0)
+                )
+            rows.append((f"{method}\n{knob}", *stats))
+    if not rows or all(math.isnan(b[0]) and math.isnan(w[0]) for _, b, w in rows):
         return None
-    labels, bleus, wins = zip(*rows, strict=True)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(rows) * 2), 3.5))
-    axes[0].bar(labels, bleus)
-    axes[0].set(title="BLEU vs preferred references")
-    axes[1].bar(labels, wins)
-    axes[1].axhline(0.5, color="gray", linestyle="--", linewidth=1)
-    axes[1].set(title=score.bars_title, ylim=(0, 1))
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=7)
-    path = out / "bars.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    labels = [r[0] for r in rows]
+    with plt.rc_context(_paper_style()):
+        # stacked, sharing the settings' axis: one paper width however many settings
+        fig, axes = plt.subplots(2, 1, sharex=True, figsize=(max(3.5, 0.33 * len(rows)), 4.6))
+        for ax, i, ylabel in (
+            (axes[0], 1, "BLEU vs preferred references"),
+            (axes[1], 2, score.bars_title),
+        ):
+            means, stds = [r[i][0] for r in rows], [r[i][1] for r in rows]
+            ax.bar(labels, means, yerr=stds, capsize=2, color="tab:blue", alpha=0.8)
+            ax.set(ylabel=ylabel, title=f"{ylabel} (mean over seeds, +-1 std)")
+            ax.tick_params(axis="x", labelsize=6, labelrotation=90)
+            ax.grid(axis="y", alpha=0.3)
+        axes[1].axhline(0.5, color="gray", linestyle="--", linewidth=1)
+        axes[1].set_ylim(0, 1)
+        fig.tight_layout()
+        path = out / "bars.png"
+        fig.savefig(path, dpi=200, bbox_inches="tight")
     plt.close(fig)
     return path
 

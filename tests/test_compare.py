@@ -245,3 +245,35 @@ def test_frontier_quick_preset_matched_budget_intervals_and_reading(tmp_path: Pa
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (sweep / "comparison.md").read_text() == report
+
+
+def test_curves_average_seeds_per_setting_with_labelled_axes(tmp_path: Path, figure_labels):
+    from rlhf_exp.compare import seed_band
+
+    # two seeds of one setting: one line (mean) at the steps both logged, band = their std
+    steps, mean, std = seed_band([[(0, 1.0), (1, 2.0), (2, 3.0)], [(0, 3.0), (1, 4.0)]])
+    assert steps == [0, 1] and mean == [2.0, 3.0] and std == [1.0, 1.0]
+
+    sweep = tmp_path / "sweep"
+    for seed, kl in ((0, 2.0), (1, 4.0)):
+        make_job(sweep, ["method=dpo", "method.beta=0.1", f"seed={seed}"], metrics("dpo", kl, 0.3))
+    make_job(sweep, ["method=ppo", "method.kl_coef=0.05", "seed=0"], metrics("ppo", 3.0, 0.5))
+    build_report(sweep)
+    labels = figure_labels["curves.png"]
+    assert "KL to reference (nats)" in labels and {"dpo", "ppo"} <= set(labels)
+    assert "BLEU vs preferred references" in figure_labels["bars.png"]
+
+    import matplotlib.pyplot as plt
+
+    saved = {}
+    original = plt.Axes.plot
+
+    def record(ax, *args, **kwargs):
+        saved.setdefault(ax.get_title() or id(ax), []).append(kwargs.get("label"))
+        return original(ax, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Axes, "plot", record)
+        build_report(sweep)
+    lines = [label for labels in saved.values() for label in labels if label]
+    assert sorted(lines) == ["beta=0.1 (n=2)", "kl_coef=0.05 (n=1)"]  # a line per setting
