@@ -163,10 +163,17 @@ def test_cli_rebuilds_report_and_rejects_empty_dir(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(tmp_path: Path):
+def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(
+    tmp_path: Path, shared_cache: Path
+):
     from tests.conftest import run_cli
 
-    result = run_cli("-m", "experiment=ppo_vs_dpo_quick", f"paths.root_dir={tmp_path}")
+    result = run_cli(
+        "-m",
+        "experiment=ppo_vs_dpo_quick",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={shared_cache}",  # SFT and RM shared with the other presets
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
     names = {p.name for p in sweep.iterdir() if p.is_dir()}
@@ -186,10 +193,15 @@ def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_methods_quick_preset_reports_every_method(tmp_path: Path):
+def test_methods_quick_preset_reports_every_method(tmp_path: Path, shared_cache: Path):
     from tests.conftest import run_cli
 
-    result = run_cli("-m", "experiment=methods_quick", f"paths.root_dir={tmp_path}")
+    result = run_cli(
+        "-m",
+        "experiment=methods_quick",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={shared_cache}",  # SFT and RM shared with the other presets
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
     arms = ("dpo_beta_0.1", "kto_beta_0.1", "ppo_kl_0.05", "rloo_beta_0.05", "grpo_beta_0.05")
@@ -214,10 +226,17 @@ def test_methods_quick_preset_reports_every_method(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_frontier_quick_preset_matched_budget_intervals_and_reading(tmp_path: Path):
+def test_frontier_quick_preset_matched_budget_intervals_and_reading(
+    tmp_path: Path, shared_cache: Path
+):
     from tests.conftest import run_cli
 
-    result = run_cli("-m", "experiment=frontier_quick", f"paths.root_dir={tmp_path}")
+    result = run_cli(
+        "-m",
+        "experiment=frontier_quick",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={shared_cache}",  # SFT and RM shared with the other presets
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
     jobs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]

@@ -120,8 +120,11 @@ def _kill_after_first_checkpoint(
         ("ppo", signal.SIGKILL),
     ],
 )
-def test_killed_run_resumes_to_the_same_result(tmp_path: Path, method: str, sig: int):
+def test_killed_run_resumes_to_the_same_result(
+    tmp_path: Path, shared_cache: Path, method: str, sig: int
+):
     args, compare = METHODS[method]
+    args = [*args, f"paths.cache_dir={shared_cache}"]  # upstream stages built once per session
     straight = run_cli(*args, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/straight")
     assert straight.returncode == 0, straight.stderr[-2000:]
     expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())

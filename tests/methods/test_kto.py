@@ -204,8 +204,9 @@ def test_unpaired_file_trains(run_method, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_sigterm_then_resume_matches_the_uninterrupted_run(tmp_path: Path):
+def test_sigterm_then_resume_matches_the_uninterrupted_run(tmp_path: Path, shared_cache: Path):
     args = [
+        f"paths.cache_dir={shared_cache}",  # the SFT stage built once per session
         "method=kto",
         "debug=fast",
         "method.max_steps=8",
