@@ -88,6 +88,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, run_measured  # noqa: E402
@@ -312,7 +313,14 @@ def main() -> None:
 
     work = (opts.work or Path(tempfile.mkdtemp(prefix="ppo_peers_"))).resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    ours_defaults = yaml.safe_load((ROOT / "conf/method/ppo.yaml").read_text())
+    # composed, so interpolations resolve (max_length is the dataset's token budget)
+    ours_defaults = OmegaConf.to_container(
+        OmegaConf.merge(
+            {"dataset": yaml.safe_load((ROOT / "conf/dataset/sentiment.yaml").read_text())},
+            {"method": yaml.safe_load((ROOT / "conf/method/ppo.yaml").read_text())},
+        ),
+        resolve=True,
+    )["method"]
     s = (QUICK if opts.quick else DEFAULT) | {k: ours_defaults[k] for k in SHARED_KEYS}
     s["seed"] = 0
     if opts.iterations:
