@@ -48,7 +48,7 @@ def model_card(
     method = run.method.name
     sections = [
         _metadata(run, reward_model),
-        f"# {method} {'reward model' if reward_model else 'policy'} (rlhf-exp)",
+        f"# {_title(method, reward_model)} (rlhf-exp)",
         _summary(run, upstream),
         "## Training config\n\n" + _config_table(run),
         f"Every key of `method={method}`:\n\n```yaml\n{_yaml(dataclasses.asdict(run.method))}```",
@@ -207,3 +207,10 @@ def _number(value: Any) -> str:
 
 def _yaml(data: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False)
+
+
+def _title(method: str, reward_model: bool) -> str:
+    """`sft policy`, `dpo policy`, `reward model` (the method is already the kind)."""
+    if not reward_model:
+        return f"{method} policy"
+    return "reward model" if method == "reward" else f"{method} reward model"

@@ -60,6 +60,7 @@ def test_reward_model_card_of_a_hub_base_says_how_to_score(compose_cfg):
     assert "[gpt2](https://huggingface.co/gpt2)" in card
     assert "AutoModelForSequenceClassification.from_pretrained" in card
     assert ".logits[0, 0]" in card and "LoRA | off" in card
+    assert "\n# reward model (rlhf-exp)\n" in card  # not "reward reward model"
 
 
 def test_card_of_local_files_names_files_not_paths(compose_cfg):
