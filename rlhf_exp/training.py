@@ -446,4 +446,12 @@ def rows_for_steps(dataset: Any, spec: Any, seed: int) -> Any:
     needed = spec.max_steps * per_step
     if needed >= len(dataset):
         return dataset
+    log.info(
+        "training on %d of %d rows (max_steps=%d x %d a step, a seeded draw): only these are "
+        "scored by the reference (train/pairs or train/rows in metrics.json)",
+        needed,
+        len(dataset),
+        spec.max_steps,
+        per_step,
+    )
     return dataset.shuffle(seed=seed).select(range(needed))

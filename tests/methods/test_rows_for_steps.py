@@ -15,10 +15,12 @@ def spec(max_steps: int) -> SimpleNamespace:
     )
 
 
-def test_a_short_run_gets_exactly_its_steps_worth_of_rows_drawn_by_seed():
+def test_a_short_run_gets_exactly_its_steps_worth_of_rows_drawn_by_seed(caplog):
     rows = Dataset.from_dict({"i": list(range(1000))})
-    picked = rows_for_steps(rows, spec(5), seed=0)
+    with caplog.at_level("INFO", logger="rlhf_exp.training"):
+        picked = rows_for_steps(rows, spec(5), seed=0)
     assert len(picked) == 5 * 32
+    assert "training on 160 of 1000 rows" in caplog.text  # the cut is said, not silent
     assert len(set(picked["i"])) == 160  # no row twice
     assert picked["i"] == rows_for_steps(rows, spec(5), seed=0)["i"]  # deterministic
     assert picked["i"] != rows_for_steps(rows, spec(5), seed=1)["i"]
