@@ -51,33 +51,6 @@ def auto_precision(flags: set[str] | None = None) -> tuple[str, str]:
     return "bf16", reason
 
 
-def torch_threads(requested: int | None, parallel_jobs: int, env: dict[str, str]) -> int | None:
-    """The CPU threads a run should give torch, or None to leave torch's default.
-
-    `parallel_jobs` runs share this machine's cores (a joblib sweep launcher): each gets its
-    share, since two jobs of two threads on two cores spend their time preempting each other.
-    OMP_NUM_THREADS, when set, is the user's (or the test runner's) choice and stands.
-    """
-    if requested is not None:
-        return requested
-    if env.get("OMP_NUM_THREADS") or parallel_jobs <= 1:
-        return None
-    return max(1, (os.cpu_count() or 1) // parallel_jobs)
-
-
-def launcher_parallel_jobs() -> int:
-    """How many jobs the current Hydra launcher runs at once (1 outside joblib sweeps)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return 1
-    launcher = HydraConfig.get().launcher
-    if "joblib" not in str(launcher.get("_target_", "")):
-        return 1
-    n_jobs = int(launcher.get("n_jobs", -1))
-    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
-
-
 # A sweep job of the tiny default peaks near 0.9 GB (the frontier sweep); 4 GiB a job leaves
 # room for larger models and the sweeping process.
 MEMORY_PER_JOB = 4 * 2**30

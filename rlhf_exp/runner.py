@@ -34,7 +34,6 @@ from rlhf_exp.context import (
 )
 from rlhf_exp.distributed import is_main_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, UserError
-from rlhf_exp.hardware import launcher_parallel_jobs, torch_threads
 from rlhf_exp.objective import ObjectiveMissing, objective_value
 from rlhf_exp.tracking import Tracker, summary_table, write_metrics
 
@@ -342,9 +341,9 @@ def _discard_unstarted(job_dir: Path) -> None:
 def _set_threads(requested: int | None) -> None:
     import torch
 
-    threads = torch_threads(requested, launcher_parallel_jobs(), dict(os.environ))
-    if threads is not None:
-        torch.set_num_threads(threads)
+    # null: torch's default, which follows OMP_NUM_THREADS (joblib's workers get cores / n_jobs)
+    if requested is not None:
+        torch.set_num_threads(requested)
     log.info("torch runs on %d CPU thread(s)", torch.get_num_threads())
 
 

@@ -54,17 +54,6 @@ def test_hub_models_default_to_auto(compose_cfg, monkeypatch, model):
     assert validate(compose_cfg()).model.precision == "fp32"  # the tiny default stays fp32
 
 
-def test_parallel_jobs_share_the_cores_and_an_explicit_setting_stands(monkeypatch):
-    from rlhf_exp.hardware import torch_threads
-
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert torch_threads(None, parallel_jobs=1, env={}) is None  # torch's own default
-    assert torch_threads(None, parallel_jobs=2, env={}) == 4
-    assert torch_threads(None, parallel_jobs=16, env={}) == 1
-    assert torch_threads(None, parallel_jobs=2, env={"OMP_NUM_THREADS": "3"}) is None
-    assert torch_threads(3, parallel_jobs=2, env={}) == 3
-
-
 def test_a_rerun_with_other_threads_is_the_same_run():
     from rlhf_exp.runner import _same_run
 

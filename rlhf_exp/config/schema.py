@@ -379,8 +379,8 @@ class RunConfig:
     # "latest" (in this run dir) or a checkpoint dir
     resume_from: str | None = _f(None, path=True)
     overwrite: bool = False  # empty a run dir that holds another run's files
-    # torch CPU threads of this run; null: OMP_NUM_THREADS if set, else the cores divided
-    # among the jobs the sweep launcher runs at once (rlhf_exp.hardware.torch_threads)
+    # torch CPU threads of this run; null: torch's default, which follows OMP_NUM_THREADS
+    # (a joblib launcher's workers get cores / n_jobs from joblib)
     threads: int | None = _f(None, ge=1, le=1024)
     # method=eval only: the saved policy to evaluate, and the reference to compare it with
     # (null: the SFT policy of this model+dataset, from the artifact cache)
