@@ -106,3 +106,34 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def export_pairs(run_dir: Path, out: Path) -> Path:
+    """The preference rows a framework run trained and evaluated on, as JSONL for the bare
+    script (the held-out rows cut to `method.max_eval_samples`, as the run did)."""
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.config.schema import validate
+    from rlhf_exp.data import load_task
+    from rlhf_exp.models import load_tokenizer
+
+    run = validate(OmegaConf.load(run_dir / "config.yaml"))
+    tokenizer = load_tokenizer(run.upstream.sft.path, run.model)
+    task = load_task(run.dataset, tokenizer, Path(run.paths.cache_dir))
+    n_test = min(run.method.max_eval_samples, len(task.pref_test))
+    out.mkdir(parents=True, exist_ok=True)
+    for split, ds in (("train", task.pref_train), ("test", task.pref_test.select(range(n_test)))):
+        with (out / f"{split}.jsonl").open("w") as f:
+            for row in ds:
+                f.write(json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
+    return out
+
+
+def bare(ws: Any, label: str, args: list[str]) -> Measured:
+    """`benchmarks/bare_trl.py ARGS`; its JSON line becomes the metrics."""
+    run_dir = ws.next_dir(label)
+    log = run_dir.with_suffix(".log")
+    measured = run_measured([PYTHON, "benchmarks/bare_trl.py", *args, "--out", str(run_dir)], log)
+    measured.metrics = json.loads(log.read_text().strip().splitlines()[-1])
+    measured.run_dir = run_dir
+    return measured

@@ -1,10 +1,12 @@
 """Benchmark harness: roofline, per-method throughput and MFU, framework overhead against bare
 TRL, our defaults against the naive notebook setup, scaling, and candidate defaults one knob
-at a time (precision and threads; length grouping and torch.compile).
+at a time (precision and threads; length grouping and torch.compile); and, named only, the
+sections at GPT-2 small's size in `at_124m.py`.
 
     python benchmarks/run.py                   # everything (about 2 h on 2 cores)
     python benchmarks/run.py --quick           # every section, shrunk (a few minutes)
     python benchmarks/run.py overhead naive    # chosen sections
+    python benchmarks/run.py seed_job mfu_124m checkpointing_124m   # at 124M (at_124m.py)
     python benchmarks/ppo_peers.py             # PPO against TRL's RLOO, GRPO and 1.12 PPO
     python benchmarks/memory_timeline.py -- python run.py ...   # RSS phase by phase
 
@@ -35,13 +37,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from at_124m import SECTIONS_124M  # noqa: E402
 from common import (  # noqa: E402
-    PYTHON,
     RESULTS,
     Measured,
+    bare,
+    export_pairs,
     interleaved,
     median,
-    run_measured,
     run_py,
     spread,
     write_json,
@@ -238,27 +241,6 @@ def section_methods(ws: Workspace, reps: int) -> dict[str, Any]:
     return {"data": data, "peaks_fp32": peaks, "table": methods_table(data)}
 
 
-def export_pairs(run_dir: Path, out: Path) -> Path:
-    """The preference rows a framework run trained and evaluated on, as JSONL for the bare
-    script (the held-out rows cut to `method.max_eval_samples`, as the run did)."""
-    from omegaconf import OmegaConf
-
-    from rlhf_exp.config.schema import validate
-    from rlhf_exp.data import load_task
-    from rlhf_exp.models import load_tokenizer
-
-    run = validate(OmegaConf.load(run_dir / "config.yaml"))
-    tokenizer = load_tokenizer(run.upstream.sft.path, run.model)
-    task = load_task(run.dataset, tokenizer, Path(run.paths.cache_dir))
-    n_test = min(run.method.max_eval_samples, len(task.pref_test))
-    out.mkdir(parents=True, exist_ok=True)
-    for split, ds in (("train", task.pref_train), ("test", task.pref_test.select(range(n_test)))):
-        with (out / f"{split}.jsonl").open("w") as f:
-            for row in ds:
-                f.write(json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
-    return out
-
-
 def bare_knobs(run_dir: Path) -> dict[str, Any]:
     """bare_trl.py options carrying a framework run's trainer settings, so that both sides
     train alike even where the bare script's defaults differ (e.g. reward's learning rate)."""
@@ -281,16 +263,6 @@ def bare_knobs(run_dir: Path) -> dict[str, Any]:
 
 def options(knobs: dict[str, Any]) -> list[str]:
     return [str(x) for pair in knobs.items() for x in pair]
-
-
-def bare(ws: Workspace, label: str, args: list[str]) -> Measured:
-    """`benchmarks/bare_trl.py ARGS`; its JSON line becomes the metrics."""
-    run_dir = ws.next_dir(label)
-    log = run_dir.with_suffix(".log")
-    measured = run_measured([PYTHON, "benchmarks/bare_trl.py", *args, "--out", str(run_dir)], log)
-    measured.metrics = json.loads(log.read_text().strip().splitlines()[-1])
-    measured.run_dir = run_dir
-    return measured
 
 
 def loop_plus_setup(m: Measured) -> float:
@@ -651,6 +623,8 @@ SECTIONS = {
     "defaults": section_defaults,
     "trainer_knobs": section_trainer_knobs,
 }
+DEFAULT_SECTIONS = list(SECTIONS)  # the 124M sections take an hour: named, never implied
+SECTIONS |= SECTIONS_124M
 
 
 def write_report(quick: bool) -> Path:
@@ -690,7 +664,7 @@ def main() -> None:
     reps = opts.reps or (1 if opts.quick else 3)
     work = opts.work or Path(tempfile.mkdtemp(prefix="rlhf_bench_"))
     ws = Workspace(work, opts.quick)
-    for name in opts.sections or list(SECTIONS):
+    for name in opts.sections or DEFAULT_SECTIONS:
         print(f"== {name}", flush=True)
         result = SECTIONS[name](ws, reps)
         stamp = time.strftime("%Y-%m-%d %H:%M")

@@ -19,6 +19,7 @@ from typing import Any
 
 from rlhf_exp import signals
 from rlhf_exp.generation import Rollout, generate
+from rlhf_exp.hardware import compute_precision
 
 log = logging.getLogger(__name__)
 
@@ -430,17 +431,18 @@ def final_evaluation(
             run.dataset.name,
         )
     per_prompt: dict[str, list[float]] = {}
-    metrics, table = evaluate_alignment(
-        policy,
-        tokenizer,
-        task.eval_prompts,
-        run.eval,
-        seed=run.seed,
-        gold_reward=task.gold_reward,
-        reference=reference,
-        rm_scorer=rm_scorer,
-        per_prompt=per_prompt,
-    )
+    with compute_precision(run.model.precision):
+        metrics, table = evaluate_alignment(
+            policy,
+            tokenizer,
+            task.eval_prompts,
+            run.eval,
+            seed=run.seed,
+            gold_reward=task.gold_reward,
+            reference=reference,
+            rm_scorer=rm_scorer,
+            per_prompt=per_prompt,
+        )
     # per-prompt scores beside metrics.json: a report's intervals over prompts and seeds
     atomic_write_text(ctx.run_dir / SCORES_FILE, json.dumps(per_prompt) + "\n")
     if "eval/gold_reward" in metrics:

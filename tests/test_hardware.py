@@ -70,3 +70,25 @@ def test_a_local_sweep_runs_a_job_per_core_within_memory_and_one_on_a_gpu():
     assert sweep_jobs({}, cpus=2, memory_bytes=MEMORY_PER_JOB - 1, cuda=False) == 1
     assert sweep_jobs({}, cpus=8, memory_bytes=64 * 2**30, cuda=True) == 1
     assert sweep_jobs({"RLHF_EXP_SWEEP_JOBS": "3"}, cpus=2, memory_bytes=2**40, cuda=False) == 3
+
+
+def test_evaluation_forwards_run_in_the_runs_precision():
+    """`compute_precision` is what evaluation and reward-model scoring run under: bf16
+    autocast for a bf16 run (results move a little, not a lot), plain fp32 otherwise."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, vocab_size=100, num_labels=1)
+    model = GPT2ForSequenceClassification(config).eval()
+    ids = torch.randint(0, 100, (4, 16))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with hardware.compute_precision("fp32"):
+            fp32 = model(input_ids=ids).logits
+        with hardware.compute_precision("bf16"):
+            bf16 = model(input_ids=ids).logits
+    assert fp32.dtype == torch.float32 and torch.equal(fp32, plain)
+    assert bf16.dtype == torch.bfloat16
+    assert not torch.equal(bf16.float(), plain)
+    assert torch.allclose(bf16.float(), plain, atol=0.05, rtol=0.05)

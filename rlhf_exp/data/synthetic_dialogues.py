@@ -348,6 +348,32 @@ def hh_like_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return [_row(rng) for _ in range(n)]
 
 
+# UltraFeedback's length profile (single-turn, long): one instruction of median ~70 words with
+# a long tail, answers of median ~180 words on both sides, so with a 512-token budget many
+# pairs are cut and with 1,024 few are.
+UF_PROMPT_WORDS = (70.0, 0.9)
+UF_REPLY_WORDS = (180.0, 0.6)
+
+
+def _ultrafeedback_row(rng: random.Random) -> dict[str, str]:
+    w = _Writer(rng, rng.choice(sorted(TOPICS)))
+    prompt = w.text(rng.choice(HUMAN_FIRST), FILLER, w.budget(UF_PROMPT_WORDS))
+    chosen_style, rejected_style = _styles(rng)
+    first_c, first_r = _first_words(rng, chosen_style, rejected_style)
+    while True:
+        chosen = w.reply(chosen_style, first_c, w.budget(UF_REPLY_WORDS))
+        rejected = w.reply(rejected_style, first_r, w.budget(UF_REPLY_WORDS))
+        if chosen != rejected:
+            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def ultrafeedback_like_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """`n` explicit rows `{"prompt", "chosen", "rejected"}` with UltraFeedback's lengths (long
+    prompts and long answers) and this module's noisy lexical signal."""
+    rng = random.Random(seed)
+    return [_ultrafeedback_row(rng) for _ in range(n)]
+
+
 # --------------------------------------------------------------------------------- files
 def write_jsonl(rows: list[dict[str, str]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from rlhf_exp.config.schema import RewardSpec, RunConfig
 from rlhf_exp.context import RunContext
 from rlhf_exp.data.tokens import TokenBudget, joined, require_rows
 from rlhf_exp.errors import UserError
+from rlhf_exp.hardware import compute_precision
 from rlhf_exp.lexical_baseline import lexical_baseline
 from rlhf_exp.methods import register
 from rlhf_exp.models import (
@@ -77,7 +78,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         TokenBudget(spec.max_length, spec.max_completion_length),
         spec.per_device_eval_batch_size,
     )
-    before = pairwise_accuracy(scorer, test.dataset)
+    with compute_precision(cfg.model.precision):
+        before = pairwise_accuracy(scorer, test.dataset)
     # Beside the RM: does it learn more than word counts on the same pairs?
     lexical = lexical_baseline(task.pref_train.select(train.kept), task.pref_test.select(test.kept))
     log.info(
@@ -86,7 +88,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     )
     result = run_training(trainer, ctx)
     save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
-    after = pairwise_accuracy(scorer, test.dataset)
+    with compute_precision(cfg.model.precision):
+        after = pairwise_accuracy(scorer, test.dataset)
     loss = trainer.evaluate()["eval_loss"]
     return {
         "train/loss": result.training_loss,

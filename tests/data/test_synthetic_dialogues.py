@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf_exp.data.synthetic_dialogues import hh_like_rows, main
+from rlhf_exp.data.synthetic_dialogues import hh_like_rows, main, ultrafeedback_like_rows
 
 MARKER = "\n\nAssistant:"
 
@@ -107,3 +107,17 @@ def test_cli_writes_jsonl_and_hub_like_parquet_shards(tmp_path):
     assert [p.name for p in shards] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     read = [row for p in shards for row in pq.read_table(p).to_pylist()]
     assert read == hh_like_rows(31, seed=2)
+
+
+def test_ultrafeedback_like_rows_are_long_explicit_pairs():
+    """The 124M benchmark's data: explicit prompt/chosen/rejected, UltraFeedback's long
+    lengths (so a 512-token budget cuts many pairs), deterministic per seed."""
+    rows = ultrafeedback_like_rows(400, seed=0)
+    assert rows == ultrafeedback_like_rows(400, seed=0) != ultrafeedback_like_rows(400, seed=1)
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+    assert all(r["chosen"] != r["rejected"] for r in rows)
+    prompt = statistics.median(words(r["prompt"]) for r in rows)
+    reply = statistics.median(words(r[side]) for r in rows for side in ("chosen", "rejected"))
+    assert 50 <= prompt <= 100 and 140 <= reply <= 230
+    too_long = sum(words(r["prompt"]) + words(r["chosen"]) > 400 for r in rows) / len(rows)
+    assert 0.1 < too_long < 0.6  # a real share exceeds a 512-token budget, not all

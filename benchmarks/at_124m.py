@@ -1,0 +1,350 @@
+"""Sections of `benchmarks/run.py` at GPT-2 small's size (`model=gpt2_shape`: 124M parameters,
+50,257-row vocab, random init, `precision=auto`, so bf16 on a CPU with AVX-512-BF16):
+
+- `seed_job`: the seed notebook's job, a GPT-2 reward model with LoRA r=8 at batch 4 on
+  UltraFeedback-length pairs, our defaults against the notebook's settings (every batch padded
+  to max_length, fp32, TRL's defaults including gradient checkpointing), max_length 512 and
+  1,024, the same steps; then one run of each side under `memory_timeline.py`.
+- `mfu_124m`: SFT, reward, DPO and PPO on the embedded task, tokens/s and MFU against the bf16
+  matmul roofline measured at the start of the same section (PPO: rollout and update apart).
+- `checkpointing_124m`: `model.gradient_checkpointing` on and off on the seed job's workload.
+
+Each takes minutes per run on 2 cores; none is in the default set of `run.py`: name them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from common import (
+    PYTHON,
+    ROOT,
+    bare,
+    child_env,
+    export_pairs,
+    interleaved,
+    median,
+    run_measured,
+    spread,
+)
+from omegaconf import OmegaConf
+from roofline import roofline
+
+SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab": 50257}  # conf/model/gpt2_shape
+QUIET = [
+    "logger=none",
+    "method.eval_steps=100000",
+    "method.save_steps=100000",
+    "method.max_eval_samples=32",
+    "eval.num_prompts=8",
+]
+SEED_PAIRS_PER_STEP = 4  # the notebook's batch
+SEED_LORA_R = 8
+# Ours keeps the reward default's 4 micro-batches per step (8 x 4 = 32 pairs), so 4 pairs are
+# 1 x 4; the notebook fed all 4 at once.
+SEED_MICRO = (1, 4)
+SEED_EVAL_PAIRS = 8  # the end-of-training evaluation both trainers run inside their loop
+
+
+def flops_per_token(method: str, epochs: int = 4) -> dict[str, float]:
+    """Model FLOPs per token (2 per weight a forward multiplies by, 6 to train; the LM head
+    counted for policies, not for the reward model's scalar head). PPO per prompt+response
+    token: the rollout generates and scores (policy, reference: 2 x policy each; critic values
+    and reward model: 2 x body each), the update trains policy and critic `epochs` times."""
+    d, layers, vocab = SHAPE["n_embd"], SHAPE["n_layer"], SHAPE["vocab"]
+    body = 12 * layers * d * d
+    policy = body + d * vocab
+    if method == "ppo":
+        return {"rollout": 4 * policy + 4 * body, "update": epochs * (6 * policy + 6 * body)}
+    if method == "reward_lora":  # forward + backward through activations; no weight gradients
+        return {"train": 4 * body}
+    return {"train": 6 * (body if method == "reward" else policy)}
+
+
+def _base(ws: Any) -> list[str]:
+    return [f"paths.root_dir={ws.root}", "model=gpt2_shape"]
+
+
+def _build(ws: Any, label: str, overrides: list[str]) -> Path:
+    """A model dir trained once in the workspace (not measured)."""
+    run_dir = ws.root / "upstream" / label
+    if not (run_dir / "metrics.json").is_file():
+        print(f"building {label} ...", flush=True)
+        command = [PYTHON, "run.py", *_base(ws), *overrides, *QUIET, f"hydra.run.dir={run_dir}"]
+        run_measured(command, run_dir.with_suffix(".log"))
+    return run_dir / "model"
+
+
+# ------------------------------------------------------------------------------ seed job
+def _seed_data(ws: Any) -> list[str]:
+    """UltraFeedback-length pairs in a file, as a user's data arrives; `dataset=files` overrides."""
+    from rlhf_exp.data.synthetic_dialogues import ultrafeedback_like_rows, write_jsonl
+
+    path = ws.root / "ultrafeedback_like.jsonl"
+    if not path.is_file():
+        write_jsonl(ultrafeedback_like_rows(1000, seed=0), path)
+    return ["dataset=files", f"+dataset.data_files.preference={path}"]
+
+
+def _budget(max_length: int) -> list[str]:
+    # the whole budget for prompt + answer, each answer keeping up to half of it
+    return [f"dataset.max_length={max_length}", f"dataset.max_completion_length={max_length // 2}"]
+
+
+def _seed_ours(ws: Any, sft: Path, max_length: int, steps: int, extra: list[str]) -> list[str]:
+    return [
+        *_base(ws),
+        *_seed_data(ws),
+        *_budget(max_length),
+        "method=reward",
+        "lora=default",
+        f"lora.r={SEED_LORA_R}",
+        f"lora.alpha={2 * SEED_LORA_R}",
+        f"method.per_device_train_batch_size={SEED_MICRO[0]}",
+        f"method.gradient_accumulation_steps={SEED_MICRO[1]}",
+        f"method.max_steps={steps}",
+        f"upstream.sft.path={sft}",
+        *[q for q in QUIET if not q.startswith("method.max_eval_samples")],
+        f"method.max_eval_samples={SEED_EVAL_PAIRS}",
+        *extra,
+    ]
+
+
+def _seed_sft(ws: Any) -> Path:
+    # One step: the reward model starts from a base; the notebook's was pretrained GPT-2, ours is
+    # random (no download), which changes no FLOP and no byte of memory.
+    # 4 sequences: SFT's default 32 x 512 tokens at 124M was killed for memory (24 GiB)
+    overrides = [*_seed_data(ws), *_budget(512), "method=sft", "method.max_steps=1",
+                 "method.per_device_train_batch_size=4"]  # fmt: skip
+    return _build(ws, "gpt2_shape-uf-sft", overrides)
+
+
+def _naive_args(sft: Path, pairs: Path, max_length: int, steps: int, lr: float) -> list[str]:
+    return [
+        "reward",
+        "--naive",
+        "--lora-r", str(SEED_LORA_R),
+        "--batch", str(SEED_PAIRS_PER_STEP),
+        "--grad-accum", "1",
+        "--max-length", str(max_length),
+        "--steps", str(steps),
+        "--lr", str(lr),
+        "--model", str(sft),
+        "--data", str(pairs),
+        "--eval-steps", "100000",
+        "--save-steps", "100000",
+        "--eval-batch", "8",
+    ]  # fmt: skip
+
+
+def section_seed_job(ws: Any, reps: int) -> dict[str, Any]:
+    steps = 3 if ws.quick else 8
+    lengths = {512: reps} if ws.quick else {512: reps, 1024: 1}  # a notebook run at 1,024: ~8 min
+    sft = _seed_sft(ws)
+    probe = ws.run("seed-probe", _seed_ours(ws, sft, 512, steps, []))  # warm-up; names the rows
+    pairs = export_pairs(probe.run_dir, ws.root / "uf-pairs")
+    lr = OmegaConf.load(probe.run_dir / "config.yaml").method.learning_rate
+    out: dict[str, Any] = {"steps": steps, "pairs_per_step": SEED_PAIRS_PER_STEP}
+    rows = [
+        f"Reward model, GPT-2 shape (124M) + LoRA r={SEED_LORA_R}, {SEED_PAIRS_PER_STEP} pairs per "
+        f"step (ours as {SEED_MICRO[0]} x {SEED_MICRO[1]}), {steps} steps, UltraFeedback-length "
+        "pairs; loop time includes both trainers' end-of-training evaluation and checkpoint",
+        "",
+        "| max_length | setup | pairs/s (loop) | peak RSS MB | loop s | precision, checkpointing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for max_length, n in lengths.items():
+        ours_args = _seed_ours(ws, sft, max_length, steps, [])
+        naive_args = _naive_args(sft, pairs, max_length, steps, lr)
+        runs = interleaved(
+            {
+                "ours": lambda a=ours_args, n=max_length: ws.run(f"seed-ours-{n}", a),
+                "notebook": lambda a=naive_args, n=max_length: bare(ws, f"seed-notebook-{n}", a),
+            },
+            n,
+        )
+        point: dict[str, Any] = {}
+        for name, measured in runs.items():
+            loop = [m.metrics["time/train_s"] for m in measured]
+            pps = [steps * SEED_PAIRS_PER_STEP / s for s in loop]
+            rss = [m.peak_rss_mb for m in measured]
+            point[name] = {"pairs_per_s": pps, "peak_rss_mb": rss, "loop_s": loop}
+            how = (
+                f"{measured[0].metrics.get('model/precision')}, on"
+                if name == "ours"
+                else "fp32, on (TRL's default), padded to max_length"
+            )
+            cells = [str(max_length), name, spread(pps), spread(rss), spread(loop), how]
+            rows.append("| " + " | ".join(cells) + " |")
+        speed = median(point["ours"]["pairs_per_s"]) / median(point["notebook"]["pairs_per_s"])
+        memory = median(point["ours"]["peak_rss_mb"]) / median(point["notebook"]["peak_rss_mb"])
+        point |= {"speed_ratio": speed, "memory_ratio": memory}
+        out[str(max_length)] = point
+        rows.append(f"| {max_length} | ours/notebook | {speed:.2f}x | {memory:.2f}x | | |")
+    rows += ["", "Targets: ours/notebook >= 2x pairs/s and <= 0.5x peak RSS."]
+    out["timeline"] = _seed_timelines(ws, sft, 512, steps, lr)
+    rows += ["", "Memory timeline at max_length 512 (largest RSS MB in each phase):", ""]
+    for name, timeline in out["timeline"].items():
+        phases = "; ".join(f"{p['phase']} {p['mb']}" for p in timeline["phases"])
+        rows.append(f"- {name}: {phases}")
+    return {"data": out, "table": rows}
+
+
+def _seed_timelines(ws: Any, sft: Path, max_length: int, steps: int, lr: float) -> dict[str, Any]:
+    """One run of each side under memory_timeline.py: RSS by phase of the run's own output."""
+    ours = [PYTHON, "run.py", *_seed_ours(ws, sft, max_length, steps, [])]
+    ours.append(f"hydra.run.dir={ws.next_dir('seed-timeline-ours')}")
+    pairs = ws.root / "uf-pairs"
+    naive = [PYTHON, "benchmarks/bare_trl.py",
+             *_naive_args(sft, pairs, max_length, steps, lr),
+             "--out", str(ws.next_dir("seed-timeline-notebook"))]  # fmt: skip
+    out = {}
+    for name, command in (("ours", ours), ("notebook", naive)):
+        text = subprocess.run(
+            [PYTHON, "benchmarks/memory_timeline.py", "--", *command],
+            cwd=ROOT, env=child_env(), capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        out[name] = {"phases": _phases(text), "raw": text.splitlines()}
+    return out
+
+
+def _phases(timeline: str) -> list[dict[str, Any]]:
+    """memory_timeline's lines folded into named phases: the largest RSS seen in each."""
+    marks = (  # first match wins; progress bars ("it/s]") are the training loop's
+        ("start", "(start)"),
+        ("training", "it/s]"),
+        ("training", "s/it]"),
+        ("model loaded", "parameters trainable"),
+        ("model loaded", "LOAD REPORT"),
+        ("held-out scoring before training", "lexical baseline"),
+        ("data", "okeniz"),
+        ("data", "cache:"),
+        ("data", "dataset"),
+        ("after training", "finished"),
+        ("after training", "train_runtime"),
+    )
+    peaks: dict[str, int] = {}
+    for line in timeline.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) < 5 or parts[3] != "MB":
+            continue
+        mb, text = int(parts[2]), parts[4]
+        phase = next((name for name, mark in marks if mark in text), "other")
+        peaks[phase] = max(peaks.get(phase, 0), mb)
+    return [{"phase": k, "mb": v} for k, v in peaks.items()]
+
+
+# ------------------------------------------------------------------------------ MFU
+def _embedded_upstream(ws: Any) -> list[str]:
+    sft = _build(ws, "gpt2_shape-sft", ["method=sft", "method.max_steps=5"])
+    rm = _build(
+        ws, "gpt2_shape-reward", ["method=reward", "method.max_steps=5", f"upstream.sft.path={sft}"]
+    )
+    return [f"upstream.sft.path={sft}", f"upstream.reward.path={rm}"]
+
+
+def _method_args(method: str, quick: bool) -> list[str]:
+    if method == "ppo":
+        return ["method=ppo", f"method.max_steps={1 if quick else 3}", "method.reward=model",
+                "eval.greedy=false"]  # fmt: skip
+    steps = 2 if quick else 8
+    return [f"method={method}", f"method.max_steps={steps}"]
+
+
+def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
+    roof = roofline(SHAPE["n_embd"], SHAPE["vocab"])
+    peak = roof["bf16"]["peak"] * 1e9
+    upstream = _embedded_upstream(ws)
+    methods = ("sft", "reward", "dpo", "ppo")
+    runs = interleaved(
+        {
+            m: lambda m=m: ws.run(
+                f"124m-{m}", [*_base(ws), *_method_args(m, ws.quick), *QUIET, *upstream]
+            )  # fmt: skip
+            for m in methods
+        },
+        reps,
+    )
+    data: dict[str, Any] = {"roofline_gflops": {k: v["peak"] for k, v in roof.items()}}
+    rows = [
+        f"GPT-2 shape (124M), embedded task, precision=auto; bf16 matmul roofline "
+        f"{roof['bf16']['peak']:.0f} GFLOP/s (fp32 {roof['fp32']['peak']:.0f}), measured first",
+        "",
+        "| method | precision | loop s | trained tokens/s | peak RSS MB | MFU (bf16 roofline) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, measured in runs.items():
+        ms = [m.metrics for m in measured]
+        fpt = flops_per_token(method)
+        rss = [m.peak_rss_mb for m in measured]
+        if method == "ppo":
+            seq = [m["throughput/sequence_tokens_total"] for m in ms]
+            roll = [m["time/rollout_total_s"] for m in ms]
+            upd = [m["time/update_total_s"] for m in ms]
+            mfu_r = median([t * fpt["rollout"] / s / peak for t, s in zip(seq, roll, strict=True)])
+            mfu_u = median([t * fpt["update"] / s / peak for t, s in zip(seq, upd, strict=True)])
+            tps = [t / (r + u) for t, r, u in zip(seq, roll, upd, strict=True)]
+            data[method] = {
+                "rollout_s": roll,
+                "update_s": upd,
+                "sequence_tokens_per_s": tps,
+                "mfu_rollout": mfu_r,
+                "mfu_update": mfu_u,
+                "peak_rss_mb": rss,
+            }
+            rows.append(
+                f"| ppo | {ms[0].get('model/precision')} | rollout {spread(roll)}, update "
+                f"{spread(upd)} | {spread(tps)} (prompt+response) | {spread(rss)} | "
+                f"rollout {mfu_r:.1%}, update {mfu_u:.1%} |"
+            )
+            continue
+        loop = [m["time/train_s"] for m in ms]
+        tps = [m["throughput/tokens_per_s"] for m in ms]
+        mfu = median(tps) * fpt["train"] / peak
+        data[method] = {"loop_s": loop, "tokens_per_s": tps, "mfu": mfu, "peak_rss_mb": rss}
+        rows.append(f"| {method} | {ms[0].get('model/precision')} | {spread(loop)} | "
+                    f"{spread(tps)} | {spread(rss)} | {mfu:.1%} |")  # fmt: skip
+    rows += ["", "Targets: >= 50% for sft, reward, dpo; PPO update >= 40%."]
+    return {"data": data, "table": rows}
+
+
+# ------------------------------------------------------------------------------ checkpointing
+def section_checkpointing_124m(ws: Any, reps: int) -> dict[str, Any]:
+    steps = 3 if ws.quick else 8
+    sft = _seed_sft(ws)
+    settings = {
+        flag: lambda flag=flag: ws.run(
+            f"gc-{flag}",
+            _seed_ours(ws, sft, 512, steps, [f"model.gradient_checkpointing={flag}"]),
+        )
+        for flag in ("false", "true")
+    }
+    runs = interleaved(settings, reps)
+    rows = [
+        f"Seed job's workload (reward + LoRA r={SEED_LORA_R}, 124M, max_length 512, "
+        f"{SEED_PAIRS_PER_STEP} pairs/step, {steps} steps)",
+        "",
+        "| gradient_checkpointing | loop s | tokens/s | peak RSS MB |",
+        "|---|---|---|---|",
+    ]
+    data: dict[str, Any] = {}
+    for flag, measured in runs.items():
+        loop = [m.metrics["time/train_s"] for m in measured]
+        tps = [m.metrics["throughput/tokens_per_s"] for m in measured]
+        rss = [m.peak_rss_mb for m in measured]
+        data[flag] = {"loop_s": loop, "tokens_per_s": tps, "peak_rss_mb": rss}
+        rows.append(f"| {flag} | {spread(loop)} | {spread(tps)} | {spread(rss)} |")
+    time_ratio = median(data["true"]["loop_s"]) / median(data["false"]["loop_s"])
+    saved = median(data["false"]["peak_rss_mb"]) - median(data["true"]["peak_rss_mb"])
+    data |= {"time_ratio": time_ratio, "rss_saved_mb": saved}
+    rows.append(f"\non/off: {time_ratio:.2f}x loop time, {saved:.0f} MB less peak RSS")
+    return {"data": data, "table": rows}
+
+
+SECTIONS_124M = {
+    "seed_job": section_seed_job,
+    "mfu_124m": section_mfu_124m,
+    "checkpointing_124m": section_checkpointing_124m,
+}
