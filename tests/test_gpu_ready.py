@@ -215,8 +215,10 @@ def test_trainers_get_gradient_checkpointing_from_the_model_group(compose_cfg, t
         ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker)
         return trl_config(RewardConfig, run.method, ctx)
 
-    assert args("model.gradient_checkpointing=true").gradient_checkpointing is True
-    assert args().gradient_checkpointing is False  # TRL's own default is on
+    assert args().gradient_checkpointing is True  # the 124M presets' default
+    assert args("model.gradient_checkpointing=false").gradient_checkpointing is False
+    run = validate(compose_cfg("model=tiny"))
+    assert run.model.gradient_checkpointing is False  # the tiny default: nothing to save
 
 
 def _count_checkpointed(model: torch.nn.Module) -> list[int]:

@@ -79,9 +79,11 @@ def test_evaluation_forwards_run_in_the_runs_precision():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, vocab_size=100, num_labels=1)
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=64, vocab_size=100, num_labels=1, pad_token_id=0
+    )
     model = GPT2ForSequenceClassification(config).eval()
-    ids = torch.randint(0, 100, (4, 16))
+    ids = torch.randint(1, 100, (4, 16))
     with torch.no_grad():
         plain = model(input_ids=ids).logits
         with hardware.compute_precision("fp32"):
