@@ -393,6 +393,9 @@ def _event_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     the last step: not a point of the curve)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # its directory watcher logs "Directory watcher advancing ..." / "No path found after ..."
+    # at INFO for every run it reads: ten lines of noise at the end of a sweep
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     out = {}
@@ -681,7 +684,21 @@ class ComparisonReport(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         report = build_report(Path(config.hydra.sweep.dir))
+        table = mean_table(report.read_text())
+        print(f"\n{table}\n" if table else "", flush=True)
         log.info("comparison report: %s", report)
+
+
+def mean_table(report_text: str) -> str:
+    """The "Mean ± std over seeds" table of a comparison report (what a sweep's end prints to
+    the terminal); "" when the report has none."""
+    lines = report_text.splitlines()
+    header = "## Mean ± std over seeds"
+    if header not in lines:
+        return ""
+    start = lines.index(header) + 2  # the table starts after one blank line
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(["Mean ± std over seeds:", *lines[start:end]])
 
 
 if __name__ == "__main__":

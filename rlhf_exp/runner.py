@@ -75,10 +75,9 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
                 for name, value in stats.items()
             },
         }
-        hparams: dict[str, Any] = {"method": run.method.name, "seed": run.seed}
+        hparams = run_hparams(run)
         knob = type(run.method).KL_KNOB
         if knob is not None:
-            hparams[knob] = getattr(run.method, knob)
             metrics["knob"] = f"{knob}={hparams[knob]}"
         step = int(metrics.get("train/global_step", 0))
         with signals.phase("saving", deferred=True), reporting_disk_full(run_dir):
@@ -90,6 +89,22 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
     finally:
         ctx.tracker.close()
     return metrics
+
+
+def run_hparams(run: RunConfig) -> dict[str, Any]:
+    """What TensorBoard's HParams table shows for this run: method, seed and every method's
+    KL knob (`beta`, `kl_coef`, `n`, ...), NaN where this method has no such knob. Every run
+    logs the same columns, so a sweep's table has them all, whichever run TensorBoard reads
+    first (it takes the columns from one run)."""
+    from rlhf_exp.config.schema import _method_specs
+
+    knobs = sorted({s.KL_KNOB for s in _method_specs().values() if s.KL_KNOB is not None})
+    hparams: dict[str, Any] = {"method": run.method.name, "seed": run.seed}
+    hparams |= {k: float("nan") for k in knobs}
+    own = type(run.method).KL_KNOB
+    if own is not None:
+        hparams[own] = getattr(run.method, own)
+    return hparams
 
 
 def _with_objective(run: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
@@ -207,6 +209,32 @@ def resume_checkpoint(ctx: RunContext) -> Path | None:
 LOSS_STATE = "loss_state-rank{rank}.json"
 
 
+class ProgressToLogFile(ProgressCallback):
+    """transformers' progress bars, with each log dict (`{'loss': '7.267', ...}`) written to the
+    run's log file (Hydra's file handler) instead of the terminal, where a line per log broke
+    up the bars; the same numbers reach TensorBoard and metrics.json. With
+    RLHF_EXP_TRAINER_LOGS=terminal the terminal gets them as transformers prints them."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        shown = {k: v for k, v in logs.items() if k != "total_flos"}
+        record = logging.LogRecord(
+            "transformers.trainer", logging.INFO, __file__, 0, "%s", (shown,), None
+        )
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
+def _logs_to_file(trainer: Any) -> None:
+    if os.environ.get("RLHF_EXP_TRAINER_LOGS") == "terminal":
+        return
+    if any(type(cb) is ProgressCallback for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ProgressToLogFile)
+
+
 class LossState(TrainerCallback):
     """Saves and restores the trainer's running sums with each checkpoint.
 
@@ -362,6 +390,7 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
     # TRL writes a card into checkpoints/ at every save, naming the base model "None" (ours
     # load from local dirs); the run's card is model/README.md (rlhf_exp/model_card.py).
     trainer.create_model_card = lambda *args, **kwargs: None
+    _logs_to_file(trainer)
     start = resume_checkpoint(ctx)
     sums = LossState(trainer, start)
     trainer.add_callback(sums)  # before the guard marks a save complete

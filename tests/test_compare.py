@@ -11,7 +11,7 @@ import matplotlib.figure
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from rlhf_exp.compare import build_report, load_jobs
+from rlhf_exp.compare import build_report, load_jobs, mean_table
 
 
 def make_job(sweep: Path, overrides: list[str], metrics: dict | None, log: str = "") -> Path:
@@ -93,6 +93,11 @@ def test_report_lists_every_run_aggregates_seeds_and_marks_failures(tmp_path: Pa
     assert "| ppo | kl_coef=0.05 | 1 |" in report
     for png in ("frontier.png", "curves.png", "bars.png"):
         assert (sweep / png).stat().st_size > 1000 and f"({png})" in report
+    # what the end of a sweep prints: the mean table alone, header to last row
+    printed = mean_table(report).splitlines()
+    assert printed[0] == "Mean ± std over seeds:" and printed[1].startswith("| method | knob |")
+    assert printed[-1].startswith("| ppo | kl_coef=0.05 | 1 |") and len(printed) == 6  # 3 settings
+    assert mean_table("# no table here\n") == ""
 
 
 def test_gold_reward_is_the_score_when_any_run_has_it(tmp_path: Path, figure_labels):
@@ -190,6 +195,41 @@ def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(
     assert "| dpo | beta=0.1 | 2 |" in report and "| ppo | kl_coef=0.05 | 2 |" in report
     for png in ("frontier.png", "curves.png", "bars.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the terminal: the mean table and the report's path; no TensorBoard directory-watcher or
+    # trainer log-dict lines (those go to the log file)
+    terminal = result.stdout + result.stderr
+    assert "Mean ± std over seeds:" in result.stdout
+    assert "| dpo | beta=0.1 | 2 |" in result.stdout.split("Mean ± std over seeds:")[1]
+    assert f"comparison report: {sweep / 'comparison.md'}" in terminal
+    assert "Directory watcher" not in terminal and "No path found" not in terminal
+    assert "{'loss'" not in terminal
+    dpo_log = (sweep / "arm=dpo_beta_0.1,seed=0" / "run.log").read_text()
+    assert "{'loss'" in dpo_log
+    check_tensorboard_dashboard(sweep)
+
+
+def check_tensorboard_dashboard(sweep: Path) -> None:
+    """A real TensorBoard over the finished sweep: every run, its scalars, HParams columns of
+    both methods' KL knobs, and the samples text, as the dashboard reads them."""
+    from tests.tensorboard_live import live_tensorboard, quote
+
+    with live_tensorboard(sweep) as get:
+        runs = set(get("/data/runs"))
+        assert runs == {
+            f"arm={arm},seed={seed}/tensorboard"
+            for arm in ("dpo_beta_0.1", "ppo_kl_0.05")
+            for seed in (0, 1)
+        }
+        tags = get("/data/plugin/scalars/tags")
+        dpo = "arm=dpo_beta_0.1,seed=0/tensorboard"
+        assert {"eval/kl", "eval/gold_reward"} <= set(tags[dpo])
+        points = get(f"/data/plugin/scalars/scalars?run={quote(dpo)}&tag={quote('eval/kl')}")
+        assert points and all(len(p) == 3 for p in points)  # [wall time, step, value]
+        experiment = get("/data/plugin/hparams/experiment", {"experimentName": ""})
+        columns = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"method", "seed", "beta", "kl_coef"} <= columns
+        text = get("/data/plugin/text/tags")
+        assert all("eval/samples/text_summary" in text[run] for run in runs)
 
 
 @pytest.mark.slow

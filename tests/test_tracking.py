@@ -69,6 +69,24 @@ def test_hparams_land_in_the_run_dir_for_the_hparams_dashboard(tmp_path: Path):
     assert "hparam/eval/gold_reward" in tags
 
 
+def test_every_run_logs_every_methods_kl_knob_as_an_hparams_column(compose_cfg):
+    """TensorBoard takes the HParams columns from one run: a DPO run must carry PPO's
+    `kl_coef` (NaN) and a PPO run DPO's `beta`, so a mixed sweep shows both columns."""
+    import math
+
+    from rlhf_exp.config.schema import validate
+    from rlhf_exp.runner import run_hparams
+
+    dpo = run_hparams(validate(compose_cfg("method=dpo", "method.beta=0.3", "seed=2")))
+    ppo = run_hparams(validate(compose_cfg("method=ppo")))
+    assert set(dpo) == set(ppo) >= {"method", "seed", "beta", "kl_coef", "n"}
+    assert dpo["method"] == "dpo" and dpo["seed"] == 2 and dpo["beta"] == 0.3
+    assert math.isnan(dpo["kl_coef"]) and math.isnan(dpo["n"])
+    assert ppo["kl_coef"] == 0.05 and math.isnan(ppo["beta"])
+    sft = run_hparams(validate(compose_cfg("method=sft")))
+    assert all(math.isnan(sft[k]) for k in ("beta", "kl_coef", "n"))
+
+
 def test_peak_memory_sees_an_allocation_made_while_it_runs():
     from rlhf_exp.memory import PeakMemory, current_rss_bytes
 

@@ -15,13 +15,23 @@ import torch
 
 from rlhf_exp.data.tokens import TokenBudget, encode, with_eos
 
+# Tokens per scoring batch (sequences x the longest): 64 sequences of 512 tokens through a
+# 124M model held 1.4 GB of transient activations, more than its LoRA training step needed.
+MAX_BATCH_TOKENS = 8192
+
 
 class RewardModelScorer:
     def __init__(
-        self, model: Any, tokenizer: Any, budget: TokenBudget, batch_size: int = 64
+        self,
+        model: Any,
+        tokenizer: Any,
+        budget: TokenBudget,
+        batch_size: int = 64,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.budget, self.batch_size = budget, batch_size
+        self.max_batch_tokens = max_batch_tokens
 
     def sequence(self, prompt: list[int], completion: list[int]) -> list[int]:
         """The token ids the model scores for one (prompt, completion), cut to the budget."""
@@ -41,8 +51,7 @@ class RewardModelScorer:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         scores = [0.0] * len(sequences)
         try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for idx in self._batches(order, [len(s) for s in sequences]):
                 batch = self.tokenizer.pad(
                     {"input_ids": [list(sequences[i]) for i in idx]},
                     padding=True,
@@ -55,6 +64,18 @@ class RewardModelScorer:
         finally:
             self.model.train(was_training)
         return scores
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """`order` (shortest first) cut into batches of at most `batch_size` sequences and
+        `max_batch_tokens` padded tokens (one sequence alone may exceed it)."""
+        batches: list[list[int]] = [[]]
+        for i in order:
+            current = batches[-1]
+            padded = (len(current) + 1) * lengths[i]  # i is the longest so far
+            if current and (len(current) == self.batch_size or padded > self.max_batch_tokens):
+                batches.append(current := [])
+            current.append(i)
+        return [b for b in batches if b]
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         if len(prompts) != len(completions):

@@ -59,3 +59,26 @@ def test_texts_are_cut_like_training_data(tiny_lm):
     assert seen[-len(reply) :] == reply  # the reply survives, with EOS
     assert seen[: -len(reply)] == encode(tok, [prompt])[0][-(12 - len(reply)) :]  # prompt's end
     assert scores == [12.0]
+
+
+class BatchRecorder(LengthModel):
+    def __init__(self, pad_id: int) -> None:
+        super().__init__(pad_id)
+        self.shapes: list[tuple[int, int]] = []
+
+    def forward(self, input_ids, attention_mask):  # noqa: D401
+        self.shapes.append(tuple(input_ids.shape))
+        return super().forward(input_ids, attention_mask)
+
+
+def test_scoring_batches_cap_padded_tokens_and_keep_every_score(tiny_lm):
+    """Long held-out sequences are scored in smaller batches (memory), short ones in full
+    batches (speed); every sequence gets its own score either way."""
+    _, tok = tiny_lm
+    model = BatchRecorder(tok.pad_token_id)
+    scorer = RewardModelScorer(model, tok, TokenBudget(64, 32), batch_size=4, max_batch_tokens=40)
+    lengths = [3, 3, 3, 3, 3, 20, 20, 30]
+    scores = scorer.score_ids([[5] * n for n in lengths])
+    assert scores == [float(n) for n in lengths]
+    assert model.shapes == [(4, 3), (2, 20), (1, 20), (1, 30)]  # <= 4 rows, <= 40 tokens
+    assert all(rows * width <= 40 for rows, width in model.shapes)
