@@ -138,14 +138,15 @@ def result_line(log: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------- setup
-def build_models(work: Path) -> tuple[Path, Path]:
-    """SFT policy and reward model dirs, trained once with our framework (tiny, offline)."""
+def build_models(work: Path, model: str) -> tuple[Path, Path]:
+    """SFT policy and reward model dirs, trained once with our framework (offline)."""
     dirs = {}
     for stage, method in (("sft", "sft"), ("rm", "reward")):
         run_dir = work / stage
         if not (run_dir / "model" / "config.json").exists():
-            print(f"building {stage} (debug=fast) in {run_dir}", flush=True)
+            print(f"building {stage} (debug=fast, model={model}) in {run_dir}", flush=True)
             args = [sys.executable, "run.py", f"method={method}", "debug=fast", "logger=none"]
+            args += [f"model={model}"]
             args += [f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
             run_child(args, work / f"build_{stage}.log")
         dirs[stage] = run_dir / "model"
@@ -168,7 +169,7 @@ def export_prompts(work: Path, settings: dict) -> Path:
     # the dataset group exactly as `run.py method=ppo debug=fast` composes it
     cfg = subprocess.run(
         [sys.executable, "run.py", "--cfg", "job", "--package", "dataset", "method=ppo",
-         "debug=fast", f"paths.root_dir={work}"],
+         "debug=fast", f"model={settings['model']}", f"paths.root_dir={work}"],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     spec = build(DatasetSpec, yaml.safe_load(cfg), "dataset")
@@ -180,6 +181,18 @@ def export_prompts(work: Path, settings: dict) -> Path:
     lines = (json.dumps({"step": k, "prompts": schedule(k)}) + "\n" for k in range(n))
     path.write_text("".join(lines))
     return path
+
+
+def model_precision(model: str) -> str:
+    """What `model.precision` of the model group settles to on this machine (auto: bf16 where
+    the CPU multiplies bf16 natively)."""
+    sys.path.insert(0, str(ROOT))
+    from rlhf_exp.hardware import auto_precision
+
+    precision = yaml.safe_load((ROOT / "conf/model" / f"{model}.yaml").read_text()).get(
+        "precision", "fp32"
+    )
+    return auto_precision()[0] if precision == "auto" else precision
 
 
 def ensure_trl112_venv() -> Path:
@@ -207,7 +220,8 @@ def run_ours(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> d
     reward = {"ours-gold": "gold", "ours-rm": "model"}[peer]
     run_dir = work / "runs" / f"{tag}_{peer}"
     args = [sys.executable, "run.py", "method=ppo", "debug=fast", "logger=none"]
-    args += [f"seed={s['seed']}", f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
+    args += [f"model={s['model']}", f"seed={s['seed']}"]
+    args += [f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
     args += [f"upstream.sft.path={s['policy']}", f"upstream.reward.path={s['reward_model']}"]
     args += [
         f"method.reward={reward}",
@@ -247,7 +261,8 @@ def run_online(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) ->
     B, micro, G = s["rollout_batch_size"], s["micro_batch_size"], s["num_generations"]
     run_dir = work / "runs" / f"{tag}_{peer}"
     args = [sys.executable, "run.py", f"method={peer}", "debug=fast", "logger=none"]
-    args += [f"seed={s['seed']}", f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
+    args += [f"model={s['model']}", f"seed={s['seed']}"]
+    args += [f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
     args += [f"upstream.sft.path={s['policy']}", f"upstream.reward.path={s['reward_model']}"]
     args += [
         "method.reward=gold",
@@ -305,6 +320,12 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, help="work dir to reuse (default: a new tmp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ppo_peers.json")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="model group of every run (e.g. gpt2_shape: 124M, bf16 here; TRL 1.12 then "
+        "trains with bf16=True too)",
+    )
     opts = parser.parse_args()
     peers = [p for p in opts.peers.split(",") if p]
     if unknown := set(peers) - set(PEERS):
@@ -322,13 +343,14 @@ def main() -> None:
         resolve=True,
     )["method"]
     s = (QUICK if opts.quick else DEFAULT) | {k: ours_defaults[k] for k in SHARED_KEYS}
-    s["seed"] = 0
+    s["seed"], s["model"] = 0, opts.model
+    s["bf16"] = model_precision(opts.model) == "bf16"
     if opts.iterations:
         s["iterations"] = opts.iterations
     B, micro, G = s["rollout_batch_size"], s["micro_batch_size"], s["num_generations"]
     if s["gradient_accumulation_steps"] != 1 or B % micro or B % G or micro % G:
         raise SystemExit("the peer mapping needs accumulation 1 and micro, G dividing B")
-    policy, reward_model = build_models(work)
+    policy, reward_model = build_models(work, opts.model)
     s |= {"policy": str(policy), "reward_model": str(reward_model)}
     s["prompts"] = str(export_prompts(work, s))
     (work / "settings.json").write_text(json.dumps(s, indent=1))

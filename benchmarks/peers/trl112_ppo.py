@@ -100,7 +100,7 @@ def main() -> None:
         num_sample_generations=0,  # no sample generations inside the loop
         sft_model_path=s["policy"],
         reward_model_path=s["reward_model"],
-        bf16=False,
+        bf16=s.get("bf16", False),  # as ours when our model computes in bf16 (autocast)
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=True,
