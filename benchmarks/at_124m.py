@@ -108,6 +108,7 @@ def _seed_ours(ws: Any, sft: Path, max_length: int, steps: int, extra: list[str]
         f"upstream.sft.path={sft}",
         *[q for q in QUIET if not q.startswith("method.max_eval_samples")],
         f"method.max_eval_samples={SEED_EVAL_PAIRS}",
+        "method.per_device_eval_batch_size=8",  # as the notebook side (TRL's default)
         *extra,
     ]
 

@@ -15,9 +15,10 @@ import torch
 
 from rlhf_exp.data.tokens import TokenBudget, encode, with_eos
 
-# Tokens per scoring batch (sequences x the longest): 64 sequences of 512 tokens through a
-# 124M model held 1.4 GB of transient activations, more than its LoRA training step needed.
-MAX_BATCH_TOKENS = 8192
+# Padded tokens per scoring batch (sequences x the longest). Whole batches of 64 held-out
+# sequences of up to 512 tokens made scoring a 124M reward model use more memory than its
+# LoRA training steps did (benchmarks/NOTES.md); the tiny model's batches (64 x ~40) stay whole.
+MAX_BATCH_TOKENS = 4096
 
 
 class RewardModelScorer:
