@@ -1,0 +1,67 @@
+"""One reward-model training step at GPT-2 small's shape with LoRA r=8, bare (no trainer):
+seconds, tokens/s and the process's peak RSS, for a micro-batch size, accumulation, precision
+and gradient checkpointing. What the activations of one step cost, apart from everything else
+a run holds (benchmarks/NOTES.md, "At GPT-2 small's size").
+
+    python benchmarks/step_memory_124m.py 8 512 1 autocast gc     # 8 sequences x 512 tokens
+    python benchmarks/step_memory_124m.py 2 512 4 autocast nogc    # 2 x 512, 4 micro-batches
+    python benchmarks/step_memory_124m.py 8 512 1 fp32 gc          # the notebook's compute
+
+One setting per process (peak RSS is the process's); the best of 2 timed steps after a warm-up.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+
+def main() -> None:
+    sequences, tokens, accumulation = (int(a) for a in sys.argv[1:4])
+    precision, checkpointing = sys.argv[4], sys.argv[5] == "gc"
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257,
+                        num_labels=1, pad_token_id=0)  # fmt: skip
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
+                      fan_in_fan_out=True, task_type="SEQ_CLS")  # fmt: skip
+    model = get_peft_model(GPT2ForSequenceClassification(config), lora)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    ids = torch.randint(1, 2000, (sequences, tokens))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def step() -> None:
+        for _ in range(accumulation):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
+                scores = model(input_ids=ids).logits.float()
+                half = sequences // 2  # first half "chosen", second "rejected"
+                loss = -torch.nn.functional.logsigmoid(scores[:half] - scores[half:]).mean()
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    seconds = min(_timed(step) for _ in range(2))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n = sequences * tokens * accumulation
+    print(f"{precision} checkpointing={checkpointing} {sequences}x{accumulation} of {tokens} "
+          f"tokens: {seconds:.2f} s/step, {n / seconds:.0f} tokens/s, peak RSS {peak:.0f} MB "
+          f"({before:.0f} MB before the first step)")  # fmt: skip
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
