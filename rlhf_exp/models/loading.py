@@ -401,7 +401,7 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # transformers 5 always writes safetensors; serialising copies a shard to bytes, so shards
-    # of SAVE_SHARD keep that copy small (a whole 124M model at once was +500 MB of peak RSS)
+    # of SAVE_SHARD bound that copy (a 124M model in one file: a 500 MB copy)
     model.save_pretrained(out_dir, state_dict=state_dict, max_shard_size=SAVE_SHARD)
     tokenizer.save_pretrained(out_dir)
 
