@@ -32,7 +32,9 @@ from common import (
 from omegaconf import OmegaConf
 from roofline import roofline
 
-SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab": 50257}  # conf/model/gpt2_shape
+# the preset's own shape (12 layers, 768 wide, 50,257-row vocab), not a copy of it
+_TINY = OmegaConf.load(ROOT / "conf" / "model" / "gpt2_shape.yaml").tiny
+SHAPE = {"n_layer": _TINY.n_layer, "n_embd": _TINY.n_embd, "vocab": _TINY.vocab_size}
 QUIET = [
     "logger=none",
     "method.eval_steps=100000",

@@ -167,20 +167,23 @@ def test_cli_rebuilds_report_and_rejects_empty_dir(tmp_path: Path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: no Hydra job dirs")
 
 
+def run_preset(preset: str, root: Path, cache: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`run.py -m experiment=PRESET` as a user runs it, outputs under `root`, the SFT policy and
+    reward model from the session's shared cache; (the finished process, its sweep dir)."""
+    from tests.conftest import run_cli
+
+    result = run_cli("-m", f"experiment={preset}", f"paths.root_dir={root}",
+                     f"paths.cache_dir={cache}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (root / "outputs" / "multiruns").glob("*/*")
+    return result, sweep
+
+
 @pytest.mark.slow
 def test_quick_comparison_preset_is_a_real_sweep_with_a_full_report(
     tmp_path: Path, shared_cache: Path
 ):
-    from tests.conftest import run_cli
-
-    result = run_cli(
-        "-m",
-        "experiment=ppo_vs_dpo_quick",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={shared_cache}",  # SFT and RM shared with the other presets
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    result, sweep = run_preset("ppo_vs_dpo_quick", tmp_path, shared_cache)
     names = {p.name for p in sweep.iterdir() if p.is_dir()}
     expected = {
         f"arm={arm},seed={seed}" for arm in ("dpo_beta_0.1", "ppo_kl_0.05") for seed in (0, 1)
@@ -234,16 +237,7 @@ def check_tensorboard_dashboard(sweep: Path) -> None:
 
 @pytest.mark.slow
 def test_methods_quick_preset_reports_every_method(tmp_path: Path, shared_cache: Path):
-    from tests.conftest import run_cli
-
-    result = run_cli(
-        "-m",
-        "experiment=methods_quick",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={shared_cache}",  # SFT and RM shared with the other presets
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    _, sweep = run_preset("methods_quick", tmp_path, shared_cache)
     arms = ("dpo_beta_0.1", "kto_beta_0.1", "ppo_kl_0.05", "rloo_beta_0.05", "grpo_beta_0.05")
     expected = {f"arm={arm},seed=0" for arm in (*arms, "online_dpo_beta_0.1", "bon_n_4")}
     assert {p.name for p in sweep.iterdir() if p.is_dir()} == expected
@@ -269,16 +263,7 @@ def test_methods_quick_preset_reports_every_method(tmp_path: Path, shared_cache:
 def test_frontier_quick_preset_matched_budget_intervals_and_reading(
     tmp_path: Path, shared_cache: Path
 ):
-    from tests.conftest import run_cli
-
-    result = run_cli(
-        "-m",
-        "experiment=frontier_quick",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={shared_cache}",  # SFT and RM shared with the other presets
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    _, sweep = run_preset("frontier_quick", tmp_path, shared_cache)
     jobs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
     assert len(jobs) == 8 and all("status" not in j for j in jobs)
     # one budget, the same policy-sampled labels behind every method
