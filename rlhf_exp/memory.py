@@ -8,10 +8,14 @@ On a CUDA machine the GPU's peak comes from torch's allocator, reset when a run 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import resource
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 _STATM = Path("/proc/self/statm")
@@ -23,6 +27,27 @@ def current_rss_bytes() -> int:
         return int(_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only (not macOS, not musl)
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`).
+
+    glibc keeps memory freed by torch's CPU tensors below its mmap threshold (up to 32 MB) in
+    the heap, fragmented, so the RSS of a 124M run only ever grew: each phase (held-out
+    scoring, training steps, saving) started from the previous one's high-water mark instead
+    of from the memory still in use (benchmarks/NOTES.md, "Sticky heap"). Costs milliseconds;
+    called between training steps and scoring batches, never inside one.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class PeakMemory:

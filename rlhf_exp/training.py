@@ -17,6 +17,7 @@ from transformers.trainer_callback import ProgressCallback
 from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
+from rlhf_exp.memory import release_freed_memory
 
 if TYPE_CHECKING:
     from rlhf_exp.config.schema import TrainSpec
@@ -235,6 +236,17 @@ def _logs_to_file(trainer: Any) -> None:
         trainer.add_callback(ProgressToLogFile)
 
 
+class ReleaseFreedMemory(TrainerCallback):
+    """Trims the C heap after every optimiser step and evaluation (`release_freed_memory`), so a
+    run's resident memory follows what it holds instead of its fragmented high-water mark."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        release_freed_memory()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        release_freed_memory()
+
+
 class LossState(TrainerCallback):
     """Saves and restores the trainer's running sums with each checkpoint.
 
@@ -396,6 +408,7 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
     trainer.add_callback(sums)  # before the guard marks a save complete
     guard = TrainingGuard()
     trainer.add_callback(guard)
+    trainer.add_callback(ReleaseFreedMemory)
     if trainer.args.train_sampling_strategy == "group_by_length":
         feed_lengths(trainer)
     if start is not None and finished_checkpoint(trainer, start):

@@ -42,6 +42,7 @@ from rlhf_exp.config.model_files import pickled_weights, unsafe_pickles
 from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
 from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import UserError
+from rlhf_exp.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +405,8 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
     # of SAVE_SHARD bound that copy (a 124M model in one file: a 500 MB copy)
     model.save_pretrained(out_dir, state_dict=state_dict, max_shard_size=SAVE_SHARD)
     tokenizer.save_pretrained(out_dir)
+    del state_dict
+    release_freed_memory()
 
 
 SAVE_SHARD = "200MB"

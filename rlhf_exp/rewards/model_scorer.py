@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rlhf_exp.data.tokens import TokenBudget, encode, with_eos
+from rlhf_exp.memory import release_freed_memory
 
 # Padded tokens per scoring batch (sequences x the longest). Whole batches of 64 held-out
 # sequences of up to 512 tokens made scoring a 124M reward model use more memory than its
@@ -62,6 +63,8 @@ class RewardModelScorer:
                 logits = self.model(**batch).logits  # (B, 1)
                 for i, value in zip(idx, logits[:, 0].float().tolist(), strict=True):
                     scores[i] = value
+                del batch, logits
+                release_freed_memory()
         finally:
             self.model.train(was_training)
         return scores
