@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -137,3 +138,17 @@ def bare(ws: Any, label: str, args: list[str]) -> Measured:
     measured.metrics = json.loads(log.read_text().strip().splitlines()[-1])
     measured.run_dir = run_dir
     return measured
+
+
+def machine() -> str:
+    """The CPU by name, its cores and its bf16 flags: what every reported number depends on."""
+    from rlhf_exp.hardware import cpu_flags
+
+    flags = cpu_flags()
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    name = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+         if ln.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return f"{name}, {len(os.sched_getaffinity(0))} cores, bf16: {bf16 or 'none'}"

@@ -15,7 +15,6 @@ wall time includes building the tiny base, SFT and the reward model. Results:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,20 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import interleaved, median, run_py, spread, write_json  # noqa: E402
-
-from rlhf_exp.hardware import cpu_flags  # noqa: E402
-
-
-def machine() -> str:
-    flags = cpu_flags()
-    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    name = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return f"{name}, {len(__import__('os').sched_getaffinity(0))} cores, bf16: {bf16 or 'none'}"
+from common import interleaved, machine, median, run_py, spread, write_json  # noqa: E402
 
 
 def section_tokenize(rows: int, reps: int) -> dict[str, Any]:

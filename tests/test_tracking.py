@@ -121,6 +121,26 @@ def test_release_freed_memory_returns_a_fragmented_heap_to_the_os():
     assert len(kept) == 3000
 
 
+def test_training_trims_the_heap_where_the_phase_changes_not_between_steps(monkeypatch):
+    from transformers import TrainerControl
+
+    import rlhf_exp.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "release_freed_memory", lambda: calls.append(1))
+    callback = training.ReleaseFreedMemory()
+
+    def step_end(**flags) -> int:
+        calls.clear()
+        callback.on_step_end(None, None, TrainerControl(**flags))
+        return len(calls)
+
+    assert step_end() == 0  # another training step follows
+    assert step_end(should_evaluate=True) == 1
+    assert step_end(should_save=True) == 1
+    assert step_end(should_training_stop=True) == 1
+
+
 # ------------------------------------------------------------------------- the logger group
 def test_tensorboard_is_the_default_logger(compose_cfg):
     from rlhf_exp.config.schema import validate

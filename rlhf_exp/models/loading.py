@@ -395,6 +395,7 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
     """
     if not is_main_process():
         return
+    release_freed_memory()  # the merged copies and shard buffers start from what is in use
     state_dict = None
     if isinstance(model, peft.PeftModel):
         state_dict = merged_state_dict(model)
