@@ -22,6 +22,7 @@ hits every peer alike; peak RSS per process from `wait4`. Peers:
 | grpo | `run.py method=grpo method.reward=gold` (`GRPOTrainer`) | the same | `time/train_s` |
 | ours-rm | `run.py method=ppo method.reward=model` | our reward model | `time/train_s` |
 | trl112-ppo | TRL 1.12 `experimental.ppo.PPOTrainer` (venv) | our reward model | `train()` |
+| ours-vh (asked for by name) | `run.py method=ppo method.reward=gold method.critic=value_head` | the same as ours-gold | `time/train_s` |
 
 Ratios: ours-gold / rloo and ours-gold / grpo (target >= 1.3, the performance issue's),
 ours-rm / trl112-ppo (target >= 1.2). RLOO and GRPO run through the framework itself, as a
@@ -120,7 +121,16 @@ PEERS = {  # name: (label, reward, ratio numerator)
     "grpo": ("ours GRPO (TRL 1.16 inside)", "gold fn", "ours-gold"),
     "ours-rm": ("ours PPO", "reward model", None),
     "trl112-ppo": ("TRL 1.12 PPO", "reward model", "ours-rm"),
+    "ours-vh": ("ours PPO, value head on the policy", "gold fn", None),
 }
+# our runs' reward and critic (ours-vh: `method.critic=value_head`, no separate critic model,
+# as RLOO and GRPO train none; not in the default peer list)
+OURS = {
+    "ours-gold": ["method.reward=gold"],
+    "ours-rm": ["method.reward=model"],
+    "ours-vh": ["method.reward=gold", "method.critic=value_head"],
+}
+DEFAULT_PEERS = [p for p in PEERS if p != "ours-vh"]
 TARGETS = {"rloo": 1.3, "grpo": 1.3, "trl112-ppo": 1.2}  # ours / peer, from the issues
 
 
@@ -217,14 +227,13 @@ def ensure_trl112_venv() -> Path:
 
 # -------------------------------------------------------------------------------- peers
 def run_ours(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> dict:
-    reward = {"ours-gold": "gold", "ours-rm": "model"}[peer]
     run_dir = work / "runs" / f"{tag}_{peer}"
     args = [sys.executable, "run.py", "method=ppo", "debug=fast", "logger=none"]
     args += [f"model={s['model']}", f"seed={s['seed']}"]
     args += [f"paths.root_dir={work}", f"hydra.run.dir={run_dir}"]
     args += [f"upstream.sft.path={s['policy']}", f"upstream.reward.path={s['reward_model']}"]
     args += [
-        f"method.reward={reward}",
+        *OURS[peer],
         f"method.max_steps={s['iterations']}",
         f"method.rollout_batch_size={s['rollout_batch_size']}",
         f"method.response_length={s['response_length']}",
@@ -240,7 +249,7 @@ def run_ours(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> d
     rss = run_child(args, work / "logs" / f"{tag}_{peer}.log", env)
     m = json.loads((run_dir / "metrics.json").read_text())
     if m.get("status") == "failed":
-        raise RuntimeError(f"ours ({reward}) failed: {m.get('error')}")
+        raise RuntimeError(f"{peer} failed: {m.get('error')}")
     tokens, seconds = m["throughput/tokens_total"], m["time/train_s"]
     return {
         "tokens": tokens,
@@ -311,7 +320,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed rounds first (default 1, quick 0)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
     parser.add_argument("--iterations", type=int, help="PPO iterations (rollouts) per run")
-    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset")
+    parser.add_argument(
+        "--peers", default=",".join(DEFAULT_PEERS), help=f"comma-separated, of {', '.join(PEERS)}"
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -42,8 +42,9 @@ def release_freed_memory() -> None:
     glibc keeps memory freed by torch's CPU tensors below its mmap threshold (up to 32 MB) in
     the heap, fragmented, so the RSS of a 124M run only ever grew: each phase (held-out
     scoring, training steps, saving) started from the previous one's high-water mark instead
-    of from the memory still in use (benchmarks/NOTES.md, "Sticky heap"). Costs milliseconds;
-    called between training steps and scoring batches, never inside one.
+    of from the memory still in use (benchmarks/NOTES.md, "Sticky heap"). The call takes
+    milliseconds, but every page it returns faults in again when next used: call it where a
+    run changes phase (and between scoring batches), not between two training steps.
     """
     trim = _malloc_trim()
     if trim is not None:
