@@ -22,7 +22,7 @@ hits every peer alike; peak RSS per process from `wait4`. Peers:
 | grpo | `run.py method=grpo method.reward=gold` (`GRPOTrainer`) | the same | `time/train_s` |
 | ours-rm | `run.py method=ppo method.reward=model` | our reward model | `time/train_s` |
 | trl112-ppo | TRL 1.12 `experimental.ppo.PPOTrainer` (venv) | our reward model | `train()` |
-| ours-vh (asked for by name) | `run.py method=ppo method.reward=gold method.critic=value_head` | the same as ours-gold | `time/train_s` |
+| ours-vh (by name only) | ours-gold + `method.critic=value_head` | the same | `time/train_s` |
 
 Ratios: ours-gold / rloo and ours-gold / grpo (target >= 1.3, the performance issue's),
 ours-rm / trl112-ppo (target >= 1.2). RLOO and GRPO run through the framework itself, as a

@@ -24,14 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, spread, write_json  # noqa: E402
 
 from rlhf_exp.data.synthetic_dialogues import ultrafeedback_like_rows  # noqa: E402
 from rlhf_exp.data.tokens import fit_prompts  # noqa: E402
-from rlhf_exp.generation import _token_stats, generate  # noqa: E402
+from rlhf_exp.generation import (  # noqa: E402
+    _token_stats,
+    generate,
+    max_positions,
+    sampling_config,
+)
 from rlhf_exp.hardware import auto_precision, compute_precision  # noqa: E402
 from rlhf_exp.rl import response_logprobs  # noqa: E402
 
@@ -43,17 +48,8 @@ def _left_padded(tokenizer: Any, prompts: list[str], max_prompt: int) -> dict[st
     return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
 
 
-def _config(tokenizer: Any, new_tokens: int, **extra: Any) -> GenerationConfig:
-    """The sampling config of `rlhf_exp.generation.generate`, plus `extra`."""
-    return GenerationConfig(
-        max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=None, top_p=None,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        suppress_tokens=[tokenizer.pad_token_id], use_cache=True,
-        return_dict_in_generate=True, output_scores=True, **extra,
-    )  # fmt: skip
-
-
 def variants(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, max_prompt: int):
+    max_prompt = min(max_prompt, max_positions(model) - new_tokens)  # as `generate` caps it
     enc = _left_padded(tokenizer, prompts, max_prompt)
     width = enc["input_ids"].shape[1]
 
@@ -74,7 +70,8 @@ def variants(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, ma
         return int(rollout.response_mask.sum())
 
     def static(target: Any) -> Callable[[], int]:
-        config = _config(tokenizer, new_tokens, cache_implementation="static")
+        config = sampling_config(tokenizer, new_tokens, return_logprobs=True)
+        config.cache_implementation = "static"
 
         def run() -> int:
             with torch.no_grad():

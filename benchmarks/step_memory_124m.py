@@ -15,17 +15,23 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2ForSequenceClassification
+
+PRESET = Path(__file__).resolve().parent.parent / "conf" / "model" / "gpt2_shape.yaml"
 
 
 def main() -> None:
     sequences, tokens, accumulation = (int(a) for a in sys.argv[1:4])
     precision, checkpointing = sys.argv[4], sys.argv[5] == "gc"
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257,
+    shape = OmegaConf.load(PRESET).tiny  # the gpt2_shape preset's own, not a copy of it
+    config = GPT2Config(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
+                        n_positions=shape.n_positions, vocab_size=shape.vocab_size,
                         num_labels=1, pad_token_id=0)  # fmt: skip
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
                       fan_in_fan_out=True, task_type="SEQ_CLS")  # fmt: skip

@@ -89,18 +89,8 @@ def generate(
             "generation needs a PAD token distinct from EOS (see models.load_tokenizer)"
         )
     device = next(model.parameters()).device
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        temperature=temperature if not greedy else None,
-        top_k=top_k if not greedy else None,
-        top_p=top_p if not greedy else None,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        suppress_tokens=[pad_id],
-        use_cache=True,
-        return_dict_in_generate=return_logprobs,
-        output_scores=return_logprobs,
+    config = sampling_config(
+        tokenizer, max_new_tokens, temperature, greedy, top_k, top_p, return_logprobs
     )
     room = max_positions(model) - max_new_tokens
     if room < 1:
@@ -144,6 +134,32 @@ def generate(
             values = torch.cat([_pad_to(c[3][i], width_r, 0, left=False) for c in chunks])
             setattr(rollout, name, values.masked_fill(~keep, 0.0))
     return rollout
+
+
+def sampling_config(
+    tokenizer: Any,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    return_logprobs: bool = False,
+) -> GenerationConfig:
+    """`generate`'s sampling: EOS ends a row, PAD is never sampled, KV cache on; with
+    `return_logprobs` the processed scores come back so log-probs need no extra forward."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_k=top_k if not greedy else None,
+        top_p=top_p if not greedy else None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=[tokenizer.pad_token_id],
+        use_cache=True,
+        return_dict_in_generate=return_logprobs,
+        output_scores=return_logprobs,
+    )
 
 
 def max_positions(model: Any) -> int:
