@@ -16,6 +16,15 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def distributed_type() -> str:
+    """accelerate's distributed type for this run: `NO` (one process), `MULTI_CPU`,
+    `MULTI_GPU` (data parallel), `FSDP` or `DEEPSPEED`. On CPUs accelerate runs an FSDP
+    config data parallel, and says so only here."""
+    from accelerate.state import AcceleratorState, is_initialized
+
+    return AcceleratorState().distributed_type.value if is_initialized() else "NO"
+
+
 def any_process(flag: bool) -> bool:
     """`flag` OR-ed over the launched group: every rank gets the same answer, so a signal that
     reached one rank stops them all at the same step (collective: every rank must call it)."""

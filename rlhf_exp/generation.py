@@ -28,6 +28,7 @@ from transformers import GenerationConfig
 from rlhf_exp.data.tokens import fit_prompts
 from rlhf_exp.errors import UserError
 from rlhf_exp.rl import entropy_of, logprobs_of
+from rlhf_exp.sharding import is_sharded
 
 
 @dataclass
@@ -104,6 +105,9 @@ def generate(
     was_training = model.training
     model.eval()
     chunks = []
+    # sliced weights (FSDP): every rank steps until all are done, as each step gathers; whole
+    # ones (inside `sharding.whole_weights`) need no other rank, whatever transformers infers
+    synced = is_sharded(model)
     try:
         for start in range(0, len(prompts), batch_size):
             enc = tokenizer.pad(
@@ -112,7 +116,7 @@ def generate(
                 padding_side="left",
                 return_tensors="pt",
             ).to(device)
-            out = model.generate(**enc, generation_config=config)
+            out = model.generate(**enc, generation_config=config, synced_gpus=synced)
             sequences = out.sequences if return_logprobs else out
             response = sequences[:, enc["input_ids"].shape[1] :]
             stats = _token_stats(out.scores, response) if return_logprobs else None

@@ -32,7 +32,7 @@ from rlhf_exp.context import (
     discard_conversions,
     stage_key,
 )
-from rlhf_exp.distributed import is_main_process, world_size
+from rlhf_exp.distributed import distributed_type, is_main_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, UserError
 from rlhf_exp.objective import ObjectiveMissing, objective_value
 from rlhf_exp.tracking import Tracker, summary_table, write_metrics
@@ -63,11 +63,17 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
         ctx.resolve_stages(method.needs_for(run))
         with reporting_disk_full(run_dir):  # a full disk: one line, not torch's message
             trained = method.run(run, ctx)
+        if os.environ.get("ACCELERATE_USE_FSDP") == "true" and distributed_type() != "FSDP":
+            log.warning(
+                "an FSDP launch ran %s: accelerate shards on accelerators only",
+                distributed_type(),
+            )
         metrics = {
             "method": run.method.name,
             **trained,
             "model/precision": run.model.precision,  # what `auto` became on this machine
             "run/processes": world_size(),
+            "run/distributed": distributed_type(),  # what accelerate made of the launch
             "run/threads": torch.get_num_threads(),  # per process
             **{
                 f"data/{split}/{name}": value

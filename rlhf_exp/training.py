@@ -402,8 +402,11 @@ def feed_lengths(trainer: Any) -> None:
             trainer._signature_columns = [*trainer._signature_columns, "length"]
 
 
-def run_training(trainer: Any, ctx: RunContext) -> Any:
+def run_training(trainer: Any, ctx: RunContext, eval_on_start: bool = False) -> Any:
     """`trainer.train()` under a `TrainingGuard`, resuming when `resume_from` says so.
+
+    `eval_on_start`: evaluate before the first step (logged at step 0) in a fresh run; a
+    resumed one has that evaluation in its restored log history.
 
     Runs in the `training` phase (`rlhf_exp.signals`): a signal ends training after the
     current step and its checkpoint, then this raises `Interrupted`. What follows (saving,
@@ -414,6 +417,7 @@ def run_training(trainer: Any, ctx: RunContext) -> Any:
     trainer.create_model_card = lambda *args, **kwargs: None
     _logs_to_file(trainer)
     start = resume_checkpoint(ctx)
+    trainer.args.eval_on_start = eval_on_start and start is None
     sums = LossState(trainer, start)
     trainer.add_callback(sums)  # before the guard marks a save complete
     guard = TrainingGuard()

@@ -68,9 +68,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     )
     trainable, total = count_parameters(trainer.model)
     log.info("sft: %d of %d parameters trainable", trainable, total)
-    loss_before = trainer.evaluate()["eval_loss"]
-    result = run_training(trainer, ctx)
+    # the starting loss is measured inside train(), after the model is prepared (FSDP2
+    # cannot prepare a model for an evaluation alone); a resumed run has it in its history
+    result = run_training(trainer, ctx, eval_on_start=True)
     save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
+    loss_before = _initial_eval_loss(trainer)
     loss_after = trainer.evaluate()["eval_loss"]
     return {
         "train/loss": result.training_loss,
@@ -82,3 +84,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         "model/trainable_params": trainable,
         "model/total_params": total,
     }
+
+
+def _initial_eval_loss(trainer: Any) -> float:
+    """The held-out loss before the first step (logged at step 0 by `eval_on_start`)."""
+    for entry in trainer.state.log_history:
+        if entry.get("step") == 0 and "eval_loss" in entry:
+            return float(entry["eval_loss"])
+    raise RuntimeError("no step-0 evaluation in the trainer's log history")

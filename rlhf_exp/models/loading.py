@@ -43,6 +43,7 @@ from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
 from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import UserError
 from rlhf_exp.memory import release_freed_memory
+from rlhf_exp.sharding import gather_whole, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -391,15 +392,21 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
 
     LoRA adapters are merged into a copy of the model, so `model` keeps its adapters (a run
     saves before its final evaluation, which may still switch them off for the reference).
-    Only rank 0 writes.
+    Only rank 0 writes. A model sharded across processes (FSDP) is gathered first, which
+    every rank takes part in.
     """
-    if not is_main_process():
+    sharded = is_sharded(model)
+    if not sharded and not is_main_process():
         return
     release_freed_memory()  # the merged copies and shard buffers start from what is in use
     state_dict = None
     if isinstance(model, peft.PeftModel):
-        state_dict = merged_state_dict(model)
+        state_dict = merged_state_dict(model, keep_vars=sharded)
         model = model.get_base_model()
+    if sharded:
+        state_dict = gather_whole(state_dict or model.state_dict(keep_vars=True))
+        if not is_main_process():
+            return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # transformers 5 always writes safetensors; serialising copies a shard to bytes, so shards
@@ -413,10 +420,11 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
 SAVE_SHARD = "200MB"
 
 
-def merged_state_dict(model: peft.PeftModel) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: peft.PeftModel, keep_vars: bool = False) -> dict[str, torch.Tensor]:
     """The plain model's weights with the LoRA deltas added, as `merge_and_unload` of a copy
     would give (bit for bit), without copying the model: only the adapted weights are new
-    tensors (a deep copy of a 124M model held another 500 MB at the end of every run)."""
+    tensors (a deep copy of a 124M model held another 500 MB at the end of every run).
+    `keep_vars`: the parameters themselves, as `state_dict(keep_vars=True)` gives them."""
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
@@ -437,7 +445,7 @@ def merged_state_dict(model: peft.PeftModel) -> dict[str, torch.Tensor]:
             else:
                 continue
             replaced.append(f"{name}.")
-        for key, value in base.state_dict().items():
+        for key, value in base.state_dict(keep_vars=keep_vars).items():
             if not key.startswith(tuple(replaced)):
                 out[key] = value
     return out

@@ -89,12 +89,11 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if cfg.model.precision == "bf16" else "no",
     )
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        # generation needs whole weights on every rank and the checkpoints hold whole tensors
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # our loop gathers sharded weights through FSDP2's API (rlhf_exp/sharding.py)
         raise UserError(
-            f"method=ppo runs on one process or data parallel (DDP), not "
-            f"{accelerator.distributed_type.value}: launch it with "
-            "rlhf_exp/accelerate_configs/ddp.yaml (GPUs) or cpu.yaml"
+            "method=ppo runs on one process, data parallel (DDP) or sharded with FSDP, not "
+            "DeepSpeed: launch it with rlhf_exp/accelerate_configs/fsdp.yaml, ddp.yaml or cpu.yaml"
         )
     main = accelerator.is_main_process
 
@@ -176,14 +175,19 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         trainer.curve.append({"step": step, **point})
         return scores
 
-    if main and trainer.step == 0 and task.eval_prompts is not None:
-        ctx.tracker.log_scalars(periodic(0), 0)  # the SFT policy: the curve's KL=0 point
+    # evaluations run on the main process, on weights every rank gathers (under FSDP)
+    if trainer.step == 0 and task.eval_prompts is not None:
+        with trainer.whole_weights():
+            if main:
+                ctx.tracker.log_scalars(periodic(0), 0)  # the SFT policy: the curve's KL=0 point
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
+        if step % spec.eval_steps == 0 and task.eval_prompts is not None:
+            with trainer.whole_weights():
+                if main:
+                    metrics = metrics | periodic(step)
         if not main:
             return
-        if step % spec.eval_steps == 0 and task.eval_prompts is not None:
-            metrics = metrics | periodic(step)
         ctx.tracker.log_scalars(metrics, step)
         if step % spec.logging_steps == 0:
             log.info(
@@ -200,18 +204,20 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     train_s = time.perf_counter() - started
 
     final: dict[str, Any] = {}
-    if main:
-        policy = trainer.unwrapped.policy
-        # Saved first: a failing evaluation never loses the trained policy.
-        save_merged(policy, tokenizer, ctx.model_dir)
-        final = final_evaluation(
-            ctx,
-            policy,
-            tokenizer,
-            task,
-            reference=None if cfg.lora.enabled else reference.frozen,
-            rm_scorer=score_fn if reward_fn_name is None else None,
-        )
+    policy = trainer.unwrapped.policy
+    # Saved first: a failing evaluation never loses the trained policy. Every rank calls it
+    # (under FSDP each gathers its slices); the main process writes.
+    save_merged(policy, tokenizer, ctx.model_dir)
+    with trainer.whole_weights():
+        if main:
+            final = final_evaluation(
+                ctx,
+                policy,
+                tokenizer,
+                task,
+                reference=None if cfg.lora.enabled else reference.frozen,
+                rm_scorer=score_fn if reward_fn_name is None else None,
+            )
     final = broadcast_object_list([final])[0]  # every process returns the same metrics
     accelerator.wait_for_everyone()
     rm_used = ctx.upstream_metrics("reward")  # which RM, its held-out accuracy

@@ -3,7 +3,7 @@
     <run dir>/checkpoints/step-000040/
         policy.safetensors     trainable policy weights (LoRA: the adapters only)
         critic.safetensors     the critic (separate value model, or the value head)
-        optimizer.pt           Adam state         (torch.load(..., weights_only=True))
+        optimizer.pt           Adam state by parameter name (torch.load(..., weights_only=True))
         state.pt               step, KL controller, LR scheduler, the step's metrics
         rng-rank{r}.pt         torch / python / numpy RNG of each process
         COMPLETE               written last: a directory without it is ignored
@@ -24,8 +24,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from rlhf_exp.errors import ConfigError
+from rlhf_exp.sharding import is_sharded, whole_weights
 from rlhf_exp.training import CHECKPOINT_COMPLETE
 
 log = logging.getLogger(__name__)
@@ -66,20 +73,33 @@ def save(
     accelerator: Any,
     keep: int,
 ) -> Path:
-    """Write checkpoint `step` (every process writes its RNG; the main one the rest)."""
+    """Write checkpoint `step` (every process writes its RNG; the main one the rest).
+
+    Weights and optimiser state are whole tensors keyed by parameter name, whether the run
+    was one process, data parallel or sharded (FSDP, gathered here): a checkpoint resumes on
+    any number of processes.
+    """
     out = Path(ckpt_root) / f"step-{step:06d}"
-    if accelerator.is_main_process:
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        for name, tensors in _split(module).items():
-            save_file(tensors, str(out / name))
-        torch.save(optimizer.state_dict(), out / "optimizer.pt")
-        torch.save({**state, "step": step}, out / "state.pt")
+    main = accelerator.is_main_process
+    sharded = is_sharded(module)
+    # collective under FSDP: every rank gathers, the main one keeps the whole tensors
+    optim_state = get_optimizer_state_dict(
+        module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=sharded)
+    )
+    with whole_weights(module):
+        if main:
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            for name, tensors in _split(module).items():
+                save_file(tensors, str(out / name))
+            torch.save(optim_state, out / "optimizer.pt")
+            torch.save({**state, "step": step}, out / "state.pt")
+    del optim_state
     accelerator.wait_for_everyone()
     torch.save(rng_state(), out / f"rng-rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if main:
         (out / CHECKPOINT_COMPLETE).write_text(f"{step}\n")
         for old in complete_checkpoints(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -116,9 +136,10 @@ def resolve(resume_from: str, ckpt_root: Path) -> Path | None:
 
 
 def load(
-    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, process_index: int
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Any
 ) -> dict[str, Any]:
-    """Restore weights, optimiser and this process's RNG from `path`; returns `state.pt`."""
+    """Restore weights, optimiser and this process's RNG from `path`; returns `state.pt`.
+    Every rank reads the whole tensors and keeps its own slice of them under FSDP."""
     tensors: dict[str, torch.Tensor] = {}
     for name in PARTS:
         tensors.update(load_file(str(path / name)))
@@ -130,12 +151,19 @@ def load(
             str(path),
             f"weights do not match this run's model (missing {missing[:3]}, extra {extra[:3]})",
         )
-    params = dict(module.named_parameters())
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng_file = path / f"rng-rank{process_index}.pt"
+    whole = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(module, tensors, options=whole)
+    optim_state = torch.load(path / "optimizer.pt", weights_only=True)
+    keys = list(optim_state.get("state", {}))
+    if keys and not isinstance(keys[0], str):
+        raise ConfigError(
+            "resume_from",
+            str(path),
+            "its optimiser state is keyed by position (an rlhf-exp checkpoint from before "
+            "2026-11-26); resume it with that version, or start a new run",
+        )
+    set_optimizer_state_dict(module, optimizer, optim_state, options=whole)
+    rng_file = path / f"rng-rank{accelerator.process_index}.pt"
     if rng_file.is_file():  # a run resumed on more processes than it saved starts them fresh
         set_rng_state(torch.load(rng_file, weights_only=True))
     return torch.load(path / "state.pt", weights_only=True)

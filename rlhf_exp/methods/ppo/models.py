@@ -42,6 +42,10 @@ class PolicyAndValue(nn.Module):
 
     def __init__(self, policy: nn.Module, critic: nn.Module | None, hidden_size: int) -> None:
         super().__init__()
+        # FSDP (accelerate's transformer-based wrap) shards the policy's and critic's blocks
+        self._no_split_modules = sorted(
+            {name for m in (policy, critic) for name in getattr(m, "_no_split_modules", None) or []}
+        )
         self.policy = policy
         self.critic = critic  # None: value head on the policy trunk
         self.value_head = nn.Linear(hidden_size, 1) if critic is None else None
@@ -49,6 +53,13 @@ class PolicyAndValue(nn.Module):
             # zero init: V = 0 at the start, so early advantages are the raw rewards
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+
+    def tie_weights(self) -> None:
+        """Tie the policy's output and input embeddings again: accelerate's FSDP loads the
+        weights into a copy on the meta device and then calls this on the root module."""
+        for model in (self.policy, self.critic):
+            if model is not None:
+                model.tie_weights()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int

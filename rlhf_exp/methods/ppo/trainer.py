@@ -10,6 +10,7 @@ unchanged: each process samples its own prompts with its own seed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from trl.models.utils import prepare_fsdp
 
 from rlhf_exp import signals
 from rlhf_exp.config.ppo import PPOSpec
@@ -30,6 +32,7 @@ from rlhf_exp.methods.ppo import checkpoint, core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
 from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect
 from rlhf_exp.rl import response_logprobs
+from rlhf_exp.sharding import is_sharded, whole_weights
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,9 @@ class PPOTrainer:
             num_training_steps=updates,
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if reference.frozen is not None and is_sharded(self.model):
+            reference.frozen = prepare_fsdp(reference.frozen, accelerator)  # TRL's, as its refs
+        self._first_forward_through_root()
         if spec.adaptive_kl:
             self.kl_ctl = core.AdaptiveKLController(spec.kl_coef, spec.kl_target, spec.kl_horizon)
         else:
@@ -99,6 +105,25 @@ class PPOTrainer:
     @property
     def unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
+
+    def whole_weights(self) -> contextlib.AbstractContextManager:
+        """The policy, critic and reference whole on every rank (collective under FSDP): the
+        rollout, evaluations and saves call their submodules directly."""
+        return whole_weights(self.unwrapped, self.reference.frozen)
+
+    def _first_forward_through_root(self) -> None:
+        """FSDP makes the module that runs forward first its root; the rollout calls the
+        policy's submodules first, so under FSDP two tokens go through the root now."""
+        if not is_sharded(self.model):
+            return
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.accelerator.device)
+        with torch.no_grad():
+            self.model(ids, torch.ones_like(ids), 1)
+            if self.reference.frozen is not None:
+                self.reference.frozen(input_ids=ids)
+        for model in (self.model, self.reference.frozen):
+            if model is not None:
+                model.reshard()  # a root keeps its weights whole after forward
 
     # ----------------------------------------------------------------------------- state
     def save(self) -> None:
@@ -120,9 +145,7 @@ class PPOTrainer:
         )
 
     def resume(self, path: Any) -> None:
-        state = checkpoint.load(
-            path, self.unwrapped, self.optimizer.optimizer, self.accelerator.process_index
-        )
+        state = checkpoint.load(path, self.unwrapped, self.optimizer.optimizer, self.accelerator)
         self.step = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -192,7 +215,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         # the rollout's log-probs must come from the same precision as the update's forward
         # (the prepared model autocasts under model.precision; the unwrapped one does not)
-        with acc.autocast():
+        with acc.autocast(), self.whole_weights():
             batch, seq_stats = collect(
                 self.unwrapped,
                 self.reference,
