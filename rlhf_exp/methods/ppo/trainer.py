@@ -108,7 +108,7 @@ class PPOTrainer:
 
     def whole_weights(self) -> contextlib.AbstractContextManager:
         """The policy, critic and reference whole on every rank (collective under FSDP): the
-        rollout, evaluations and saves call their submodules directly."""
+        rollout and the evaluations call their submodules directly."""
         return whole_weights(self.unwrapped, self.reference.frozen)
 
     def _first_forward_through_root(self) -> None:
