@@ -1,0 +1,78 @@
+"""The seed job's "ours" side at 124M under another allocator: glibc's malloc (with the phase
+trims of rlhf_exp.memory) against jemalloc by `LD_PRELOAD`, its defaults and two settings.
+Loop time and peak RSS (wait4), interleaved reps, into benchmarks/results/allocator_124m.json;
+benchmarks/NOTES.md "jemalloc instead of glibc's malloc" has the result.
+
+    apt-get install libjemalloc2
+    python benchmarks/allocator_124m.py --workspace /tmp/alloc --reps 2
+
+Builds the one-step SFT policy and the UltraFeedback-length file in the workspace once
+(`at_124m`'s seed job), then runs the reward model with LoRA r=8 at 512 tokens, 8 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import at_124m  # noqa: E402
+from common import Measured, child_env, interleaved, machine, run_py, write_json  # noqa: E402
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+VARIANTS = {
+    "glibc": {},
+    "jemalloc": {"LD_PRELOAD": JEMALLOC},
+    "jemalloc-background-thread": {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true"},
+    "jemalloc-no-decay": {
+        "LD_PRELOAD": JEMALLOC,
+        "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("/tmp/allocator_124m"))
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    opts = parser.parse_args()
+    unknown = set(opts.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants {','.join(sorted(unknown))}: choose from {', '.join(VARIANTS)}")
+    if not Path(JEMALLOC).is_file():
+        sys.exit(f"no {JEMALLOC}: install Debian's libjemalloc2")
+    ws = SimpleNamespace(root=opts.workspace)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    sft = at_124m._seed_sft(ws)
+    args = at_124m._seed_ours(ws, sft, 512, 8, [])
+    run_py(args, ws.root / "warm", ws.root / "warm.log")  # tokenised data into the cache
+
+    done = {name: 0 for name in VARIANTS}
+
+    def runner(name: str) -> Callable[[], Measured]:
+        def run() -> Measured:
+            done[name] += 1
+            run_dir = ws.root / f"{name}-{done[name]}"
+            env = child_env(**VARIANTS[name])
+            return run_py(args, run_dir, run_dir.with_suffix(".log"), env=env)
+
+        return run
+
+    runs = interleaved({name: runner(name) for name in opts.variants.split(",")}, opts.reps)
+    results = {
+        name: [{"loop_s": m.metrics["time/train_s"], "peak_rss_mb": m.peak_rss_mb} for m in ms]
+        for name, ms in runs.items()
+    }
+    for name, rows in results.items():
+        loops = ", ".join(f"{r['loop_s']:.1f}" for r in rows)
+        peaks = ", ".join(f"{r['peak_rss_mb']:,.0f}" for r in rows)
+        print(f"{name:28s} loop s {loops:20s} peak RSS MB {peaks}")
+    write_json("allocator_124m", {"machine": machine(), "runs": results})
+
+
+if __name__ == "__main__":
+    main()
