@@ -105,8 +105,9 @@ def generate(
     was_training = model.training
     model.eval()
     chunks = []
-    # sliced weights (FSDP): every rank steps until all are done, as each step gathers; whole
-    # ones (inside `sharding.whole_weights`) need no other rank, whatever transformers infers
+    # sliced weights (FSDP, ZeRO-3): every rank steps until all are done, as each step
+    # gathers; whole ones (inside `sharding.whole_weights`) need no other rank, whatever
+    # transformers infers
     synced = is_sharded(model)
     try:
         for start in range(0, len(prompts), batch_size):

@@ -32,24 +32,13 @@ def accelerate_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "method, extra",
-    [
-        ("reward", []),
-        # TRL's precomputation reads the main process's temporary files (README)
-        ("dpo", ["method.precompute_ref_log_probs=false"]),
-        ("ppo", []),
-    ],
-)
-def test_two_cpu_processes_train_and_report_like_one(
-    method: str, extra: list[str], tmp_path: Path, shared_cache: Path
-):
+def test_two_cpu_processes_train_and_report_like_one(tmp_path: Path, shared_cache: Path):
+    """The reward model here; DPO and PPO in tests/test_sharded.py, beside FSDP and ZeRO."""
     common = [
-        f"method={method}",
+        "method=reward",
         "debug=fast",
         "method.max_steps=3",
         "dataset.n_eval_prompts=8",
-        *extra,
         f"paths.root_dir={tmp_path}",
         f"paths.cache_dir={shared_cache}",
     ]

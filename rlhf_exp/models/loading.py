@@ -43,7 +43,7 @@ from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
 from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import UserError
 from rlhf_exp.memory import release_freed_memory
-from rlhf_exp.sharding import gather_whole, is_sharded
+from rlhf_exp.sharding import gather_whole, is_sharded, is_zero3, loaded_whole, whole_weights
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ def _from_pretrained(
         if not spec.allow_pickle_weights:
             kwargs["use_safetensors"] = True
     try:
-        return load(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+        with loaded_whole():
+            return load(source, trust_remote_code=spec.trust_remote_code, **kwargs)
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a file
         files = ", ".join(p.name for p in pickled_weights(Path(source))) or "a pickle file"
         raise UserError(
@@ -392,18 +393,30 @@ def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -
 
     LoRA adapters are merged into a copy of the model, so `model` keeps its adapters (a run
     saves before its final evaluation, which may still switch them off for the reference).
-    Only rank 0 writes. A model sharded across processes (FSDP) is gathered first, which
-    every rank takes part in.
+    Only rank 0 writes. A model sharded across processes is gathered first, which every rank
+    takes part in: FSDP one tensor at a time, DeepSpeed ZeRO-3 whole for the save (its
+    partitions cannot be added to, as merging LoRA needs).
     """
-    sharded = is_sharded(model)
-    if not sharded and not is_main_process():
+    if is_zero3(model):
+        with whole_weights(model):
+            if is_main_process():
+                _save_whole(model, tokenizer, out_dir, sliced=False)
         return
+    sliced = is_sharded(model)
+    if sliced or is_main_process():
+        _save_whole(model, tokenizer, out_dir, sliced=sliced)
+
+
+def _save_whole(
+    model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path, *, sliced: bool
+) -> None:
+    """`sliced` (FSDP): every rank calls this and gathers; only rank 0 writes."""
     release_freed_memory()  # the merged copies and shard buffers start from what is in use
     state_dict = None
     if isinstance(model, peft.PeftModel):
-        state_dict = merged_state_dict(model, keep_vars=sharded)
+        state_dict = merged_state_dict(model, keep_vars=sliced)
         model = model.get_base_model()
-    if sharded:
+    if sliced:
         state_dict = gather_whole(state_dict or model.state_dict(keep_vars=True))
         if not is_main_process():
             return

@@ -5,6 +5,7 @@ the details of Huang et al. 2024 ("The N+ implementation details of RLHF with PP
     python run.py method=ppo method.reward=gold     # PPO-GT: vs the dataset's gold reward
     python run.py method=ppo lora=default           # LoRA policy; reference = adapters off
     accelerate launch --multi_gpu --num_processes 2 run.py method=ppo hydra.run.dir=outputs/ddp
+    accelerate launch --config_file rlhf_exp/accelerate_configs/zero3.yaml run.py method=ppo
 
 The policy starts from the SFT policy (`upstream.sft`); the reward model (`upstream.reward`)
 is only resolved, and trained on a cache miss, when the run uses it (`method.reward=model`,
@@ -57,8 +58,8 @@ def _needs(run: RunConfig) -> tuple[str, ...]:
 
 @register("ppo", needs=_needs)
 def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
-    from accelerate import Accelerator, DistributedType
-    from accelerate.utils import broadcast_object_list
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, parse_flag_from_env
     from transformers import set_seed
 
     from rlhf_exp.evaluation import evaluate_policy, final_evaluation
@@ -83,18 +84,16 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     resume = checkpoint.resolve(cfg.resume_from, ctx.checkpoint_dir) if cfg.resume_from else None
 
     # cpu=True without a GPU: otherwise accelerate treats every launched process as a lone
-    # single-process run (DistributedType.NO) instead of one rank of a gloo group
+    # single-process run (DistributedType.NO) instead of one rank of a gloo group. DeepSpeed
+    # runs on CPUs with a backend of its own, which cpu=True would switch off: gloo by name
+    no_gpu = not torch.cuda.is_available()
+    deepspeed_on_cpu = no_gpu and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     accelerator = Accelerator(
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
-        cpu=not torch.cuda.is_available(),
+        cpu=no_gpu and not deepspeed_on_cpu,
         mixed_precision="bf16" if cfg.model.precision == "bf16" else "no",
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
     )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # our loop gathers sharded weights through FSDP2's API (rlhf_exp/sharding.py)
-        raise UserError(
-            "method=ppo runs on one process, data parallel (DDP) or sharded with FSDP, not "
-            "DeepSpeed: launch it with rlhf_exp/accelerate_configs/fsdp.yaml, ddp.yaml or cpu.yaml"
-        )
     main = accelerator.is_main_process
 
     sft_dir = str(ctx.upstream("sft"))
@@ -120,6 +119,8 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     else:
         score_fn = get_reward(reward_fn_name)
     model = PolicyAndValue(policy, critic, hidden_size(policy)).eval()  # dropout off for good
+    if resume is not None:  # before prepare(): sharding and ZeRO's fp32 copy start from them
+        checkpoint.load_weights(resume, model)
     if cfg.model.gradient_checkpointing:  # policy and critic (the reference never trains)
         enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
@@ -175,7 +176,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
         trainer.curve.append({"step": step, **point})
         return scores
 
-    # evaluations run on the main process, on weights every rank gathers (under FSDP)
+    # evaluations run on the main process, on weights every rank gathers (when sharded)
     if trainer.step == 0 and task.eval_prompts is not None:
         with trainer.whole_weights():
             if main:
@@ -206,7 +207,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     final: dict[str, Any] = {}
     policy = trainer.unwrapped.policy
     # Saved first: a failing evaluation never loses the trained policy. Every rank calls it
-    # (under FSDP each gathers its slices); the main process writes.
+    # (when sharded each gathers its slices); the main process writes.
     save_merged(policy, tokenizer, ctx.model_dir)
     with trainer.whole_weights():
         if main:

@@ -3,7 +3,8 @@
     <run dir>/checkpoints/step-000040/
         policy.safetensors     trainable policy weights (LoRA: the adapters only)
         critic.safetensors     the critic (separate value model, or the value head)
-        optimizer.pt           Adam state by parameter name (torch.load(..., weights_only=True))
+        optimizer.pt           Adam state by parameter name (torch.load(..., weights_only=True)),
+                               as torch's full optimizer state dict, whatever the backend
         state.pt               step, KL controller, LR scheduler, the step's metrics
         rng-rank{r}.pt         torch / python / numpy RNG of each process
         COMPLETE               written last: a directory without it is ignored
@@ -27,7 +28,6 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_optimizer_state_dict,
-    set_model_state_dict,
     set_optimizer_state_dict,
 )
 
@@ -76,16 +76,17 @@ def save(
     """Write checkpoint `step` (every process writes its RNG; the main one the rest).
 
     Weights and optimiser state are whole tensors keyed by parameter name, whether the run
-    was one process, data parallel or sharded (FSDP, gathered here): a checkpoint resumes on
-    any number of processes.
+    was one process, data parallel or sharded (FSDP, DeepSpeed ZeRO; gathered here): a
+    checkpoint resumes on any number of processes, under any of them.
     """
     out = Path(ckpt_root) / f"step-{step:06d}"
     main = accelerator.is_main_process
-    sharded = is_sharded(module)
-    # collective under FSDP: every rank gathers, the main one keeps the whole tensors
-    optim_state = get_optimizer_state_dict(
-        module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=sharded)
-    )
+    # collective when sharded: every rank gathers, the main one keeps the whole tensors
+    if _is_zero(optimizer):
+        optim_state = _zero_optimizer_state(module, optimizer)
+    else:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(module))
+        optim_state = get_optimizer_state_dict(module, optimizer, options=options)
     with whole_weights(module):
         if main:
             if out.exists():
@@ -135,11 +136,10 @@ def resolve(resume_from: str, ckpt_root: Path) -> Path | None:
     return path
 
 
-def load(
-    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Any
-) -> dict[str, Any]:
-    """Restore weights, optimiser and this process's RNG from `path`; returns `state.pt`.
-    Every rank reads the whole tensors and keeps its own slice of them under FSDP."""
+def load_weights(path: Path, module: nn.Module) -> None:
+    """Put the checkpoint's trainable weights into `module`, a `PolicyAndValue` not yet
+    prepared: whatever shards or partitions it then (FSDP, ZeRO, whose fp32 master weights
+    are made at that point) starts from them."""
     tensors: dict[str, torch.Tensor] = {}
     for name in PARTS:
         tensors.update(load_file(str(path / name)))
@@ -151,8 +151,15 @@ def load(
             str(path),
             f"weights do not match this run's model (missing {missing[:3]}, extra {extra[:3]})",
         )
-    whole = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(module, tensors, options=whole)
+    module.load_state_dict(tensors, strict=False)
+
+
+def load(
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Any
+) -> dict[str, Any]:
+    """Restore the optimiser and this process's RNG from `path` (the weights went in with
+    `load_weights` before the model was prepared); returns `state.pt`. Every rank reads the
+    whole tensors and keeps its own slice of them when sharded."""
     optim_state = torch.load(path / "optimizer.pt", weights_only=True)
     keys = list(optim_state.get("state", {}))
     if keys and not isinstance(keys[0], str):
@@ -162,8 +169,82 @@ def load(
             "its optimiser state is keyed by position (an rlhf-exp checkpoint from before "
             "2026-11-26); resume it with that version, or start a new run",
         )
-    set_optimizer_state_dict(module, optimizer, optim_state, options=whole)
+    if _is_zero(optimizer):
+        _set_zero_optimizer_state(module, optimizer, optim_state)
+    else:
+        whole = StateDictOptions(full_state_dict=True, strict=False)
+        set_optimizer_state_dict(module, optimizer, optim_state, options=whole)
     rng_file = path / f"rng-rank{accelerator.process_index}.pt"
     if rng_file.is_file():  # a run resumed on more processes than it saved starts them fresh
         set_rng_state(torch.load(rng_file, weights_only=True))
     return torch.load(path / "state.pt", weights_only=True)
+
+
+# DeepSpeed ZeRO keeps Adam's state in flat partitions of its own; its `safe_*_full_*`
+# accessors read and write one parameter's whole state (collective under ZeRO-3), so the
+# checkpoint has the same layout as torch's full optimizer state dict under DDP and FSDP.
+
+
+def _is_zero(optimizer: Any) -> bool:
+    return type(optimizer).__module__.startswith("deepspeed.")
+
+
+def _trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def _zero_optimizer_state(module: nn.Module, optimizer: Any) -> dict[str, Any]:
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    flat = next(iter(optimizer.optimizer.state.values()))  # every partition: the same step
+    keys = [k for k, v in flat.items() if torch.is_tensor(v) and v.dim() > 0]
+    state = {
+        name: {"step": flat["step"].detach().clone().cpu()}
+        | {k: safe_get_full_optimizer_state(param, k).detach().cpu() for k in keys}
+        for name, param in _trainable(module)
+    }
+    names = [name for name, _ in _trainable(module)]
+    group = optimizer.param_groups[0]  # PPOTrainer's one group (ZeRO-3 may split it)
+    hyper = {k: v for k, v in group.items() if k != "params"}
+    return {"state": state, "param_groups": [hyper | {"params": names}]}
+
+
+def _set_zero_optimizer_state(module: nn.Module, optimizer: Any, saved: dict[str, Any]) -> None:
+    from deepspeed.utils import safe_set_full_optimizer_state, safe_set_local_optimizer_state
+
+    # Adam's state appears at the first step; made here as torch's AdamW makes it, keyed by
+    # ZeRO's fp32 partitions (stage 3 / stages 1-2), so the values below have somewhere to go
+    first = next(iter(saved["state"].values()))
+    stage3 = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    flats = stage3 if stage3 is not None else optimizer.single_partition_of_fp32_groups
+    for flat in flats:
+        state = optimizer.optimizer.state[flat]
+        for key, value in first.items():
+            if value.dim() > 0:
+                state.setdefault(key, torch.zeros_like(flat))
+        state["step"] = first["step"].clone().to(flat.device)
+    if stage3 is None:  # stages 1-2 link each parameter to its slice of the state at step 1
+        optimizer._lazy_init_hp_params_optimizer_state()
+    for name, param in _trainable(module):
+        for key, value in saved["state"].get(name, {}).items():
+            if value.dim() == 0:
+                continue
+            if hasattr(param, "ds_id"):  # ZeRO-3: the full setter cannot slice padded tails
+                safe_set_local_optimizer_state(param, _local_partition(param, value), key)
+            else:
+                safe_set_full_optimizer_state(param, value.to(param.device), key)
+    hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    for group in optimizer.param_groups:
+        group.update({k: v for k, v in hyper.items() if k in group})
+
+
+def _local_partition(param: Any, value: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of `value` as ZeRO-3 partitions `param`: equal slices of the
+    flattened tensor, the last one padded."""
+    import torch.distributed as dist
+
+    group = param.ds_process_group
+    size, rank = param.ds_tensor.numel(), dist.get_rank(group=group)
+    flat = value.flatten().to(param.ds_tensor.device)
+    flat = torch.nn.functional.pad(flat, (0, size * dist.get_world_size(group) - flat.numel()))
+    return flat[rank * size : (rank + 1) * size]

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 from transformers import get_scheduler
-from trl.models.utils import prepare_fsdp
+from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
 from rlhf_exp import signals
 from rlhf_exp.config.ppo import PPOSpec
@@ -78,9 +79,8 @@ class PPOTrainer:
         optimizer = torch.optim.AdamW(
             params, lr=spec.learning_rate, eps=spec.adam_eps, weight_decay=spec.weight_decay
         )
-        self.minibatches = spec.rollout_batch_size // (
-            spec.per_device_train_batch_size * spec.gradient_accumulation_steps
-        )
+        micro = spec.per_device_train_batch_size
+        self.minibatches = spec.rollout_batch_size // (micro * spec.gradient_accumulation_steps)
         updates = total_steps * spec.ppo_epochs * self.minibatches
         # stepped by hand once per optimiser step (a prepared scheduler would step once per
         # process per call), so its state is the same on every process and in a checkpoint
@@ -90,9 +90,19 @@ class PPOTrainer:
             num_warmup_steps=math.ceil(spec.warmup_ratio * updates),
             num_training_steps=updates,
         )
+        deepspeed = accelerator.state.deepspeed_plugin
+        if deepspeed is not None:  # what a TRL trainer's arguments set; ours are the spec
+            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+            deepspeed.deepspeed_config["gradient_clipping"] = spec.max_grad_norm
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        if reference.frozen is not None and is_sharded(self.model):
-            reference.frozen = prepare_fsdp(reference.frozen, accelerator)  # TRL's, as its refs
+        # the frozen reference sharded as the policy is, with TRL's helpers for its own refs.
+        # DeepSpeed: forwards still call the module (the engine's `training` flag stays True
+        # through eval(), and code that restores a mode from it would turn dropout on)
+        self.reference_engine = None
+        if reference.frozen is not None and deepspeed is not None:
+            self.reference_engine = prepare_deepspeed(reference.frozen, accelerator)  # ZeRO-3
+        elif reference.frozen is not None and is_sharded(self.model):
+            reference.frozen = prepare_fsdp(reference.frozen, accelerator)
         self._first_forward_through_root()
         if spec.adaptive_kl:
             self.kl_ctl = core.AdaptiveKLController(spec.kl_coef, spec.kl_target, spec.kl_horizon)
@@ -107,14 +117,14 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.model)
 
     def whole_weights(self) -> contextlib.AbstractContextManager:
-        """The policy, critic and reference whole on every rank (collective under FSDP): the
+        """The policy, critic and reference whole on every rank (collective when sharded): the
         rollout and the evaluations call their submodules directly."""
-        return whole_weights(self.unwrapped, self.reference.frozen)
+        return whole_weights(self.model, self.reference_engine or self.reference.frozen)
 
     def _first_forward_through_root(self) -> None:
         """FSDP makes the module that runs forward first its root; the rollout calls the
         policy's submodules first, so under FSDP two tokens go through the root now."""
-        if not is_sharded(self.model):
+        if not isinstance(self.model, FSDPModule):
             return
         ids = torch.zeros((1, 2), dtype=torch.long, device=self.accelerator.device)
         with torch.no_grad():
