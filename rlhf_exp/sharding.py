@@ -71,18 +71,19 @@ def loaded_whole() -> Iterator[None]:
     scorers for evaluation) have none; what trains is partitioned when it is prepared
     (`accelerator.prepare`, `deepspeed.initialize`). Costs the whole model in host memory per
     rank while loading, as data parallel does."""
-    from transformers.integrations import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+    from transformers.integrations import deepspeed as hf_deepspeed
 
-    if not is_deepspeed_zero3_enabled():
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
         yield
         return
-    from accelerate.state import AcceleratorState
-
-    unset_hf_deepspeed_config()
+    # the object itself, whoever set it (accelerate's plugin, or TrainingArguments before a
+    # trainer's accelerator exists); transformers keeps only a weak reference
+    config = hf_deepspeed._hf_deepspeed_config_weak_ref()
+    hf_deepspeed.unset_hf_deepspeed_config()
     try:
         yield
-    finally:  # ZeRO-3 for transformers again, as accelerate set it
-        AcceleratorState().deepspeed_plugin.set_deepspeed_weakref()
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def _units(model: nn.Module | None) -> list[Any]:

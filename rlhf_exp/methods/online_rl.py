@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -271,6 +272,23 @@ class OnlineAlgorithm:
     logged: tuple[str, ...]  # TRL's logged metrics returned as train/<key> (last value)
 
 
+def _refuse_zero3_reference_copy(cfg: RunConfig) -> None:
+    """Under DeepSpeed ZeRO-3 TRL builds the frozen reference copy with `zero.Init`: online
+    DPO's trainer refuses to (`create_reference_model`), and RLOO's and GRPO's fail on CPU
+    processes (their reference's DeepSpeed config sees one process). With LoRA the reference
+    is the policy with its adapters off, and no copy is built."""
+    zero3 = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    if not zero3 or cfg.lora.enabled or getattr(cfg.method, "beta", 0) == 0:
+        return
+    if cfg.method.name == "online_dpo" or not torch.cuda.is_available():
+        raise UserError(
+            f"method={cfg.method.name} under DeepSpeed ZeRO-3 needs lora=default (the "
+            "reference is then the policy with its adapters off) or zero2.yaml: TRL's frozen "
+            "reference copy does not build under ZeRO-3"
+            + ("" if cfg.method.name == "online_dpo" else " on CPU processes")
+        )
+
+
 def run_online(cfg: RunConfig, ctx: RunContext, algorithm: OnlineAlgorithm) -> dict:
     """Train the SFT policy with `algorithm`'s TRL trainer, save it, evaluate it."""
     from rlhf_exp.rewards import get_reward, resolve_reward
@@ -278,6 +296,7 @@ def run_online(cfg: RunConfig, ctx: RunContext, algorithm: OnlineAlgorithm) -> d
     spec = cfg.method
     # None: the learned reward model (the name was checked with the config)
     reward_name = resolve_reward(spec.reward, cfg.dataset.gold_reward)
+    _refuse_zero3_reference_copy(cfg)
     init = str(ctx.upstream("sft"))
     tokenizer = load_tokenizer(init, cfg.model)
     model = load_causal_lm(init, cfg.model, tokenizer=tokenizer)

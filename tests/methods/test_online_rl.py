@@ -331,3 +331,22 @@ def test_sigterm_then_resume_latest_matches_uninterrupted_run(
     got = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train/global_step", "eval/gold_reward", "eval/kl", "eval/win_rate_gold"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo", "online_dpo"])
+def test_zero3_without_lora_is_refused_before_anything_loads(compose_cfg, method, monkeypatch):
+    """TRL's frozen reference copy does not build under ZeRO-3 (online DPO anywhere; RLOO
+    and GRPO on CPU processes, as launches on 2 of them found); with LoRA, beta=0
+    or another backend nothing is refused."""
+    from rlhf_exp.methods.online_rl import _refuse_zero3_reference_copy
+
+    cfg = validate(compose_cfg(f"method={method}"))
+    _refuse_zero3_reference_copy(cfg)  # one process: nothing to refuse
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    _refuse_zero3_reference_copy(cfg)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(UserError, match=f"method={method} under DeepSpeed ZeRO-3 needs lora"):
+        _refuse_zero3_reference_copy(cfg)
+    _refuse_zero3_reference_copy(validate(compose_cfg(f"method={method}", "lora=default")))
+    if method != "online_dpo":  # beta=0: TRL builds no reference at all
+        _refuse_zero3_reference_copy(validate(compose_cfg(f"method={method}", "method.beta=0")))
