@@ -63,17 +63,17 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
         ctx.resolve_stages(method.needs_for(run))
         with reporting_disk_full(run_dir):  # a full disk: one line, not torch's message
             trained = method.run(run, ctx)
-        if os.environ.get("ACCELERATE_USE_FSDP") == "true" and distributed_type() != "FSDP":
-            log.warning(
-                "an FSDP launch ran %s: accelerate shards on accelerators only",
-                distributed_type(),
-            )
+        ran = distributed_type()  # what accelerate made of the launch
+        for asked in ("FSDP", "DEEPSPEED"):
+            if os.environ.get(f"ACCELERATE_USE_{asked}") == "true" and ran != asked:
+                # accelerate applies FSDP on accelerators only; a loop of our own could drop it
+                log.warning("a %s launch ran %s: not sharded", asked, ran)
         metrics = {
             "method": run.method.name,
             **trained,
             "model/precision": run.model.precision,  # what `auto` became on this machine
             "run/processes": world_size(),
-            "run/distributed": distributed_type(),  # what accelerate made of the launch
+            "run/distributed": ran,
             "run/threads": torch.get_num_threads(),  # per process
             **{
                 f"data/{split}/{name}": value

@@ -95,12 +95,13 @@ class PPOTrainer:
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
             deepspeed.deepspeed_config["gradient_clipping"] = spec.max_grad_norm
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        # the frozen reference sharded as the policy is, with TRL's helpers for its own refs.
-        # DeepSpeed: forwards still call the module (the engine's `training` flag stays True
-        # through eval(), and code that restores a mode from it would turn dropout on)
+        # the frozen reference sharded as the policy is, with TRL's helpers for its own refs
+        # (ZeRO-3 splits it, stages 1-2 keep it whole). DeepSpeed: forwards still call the
+        # module (the engine's `training` flag stays True through eval(), and code that
+        # restores a mode from it would turn dropout on)
         self.reference_engine = None
         if reference.frozen is not None and deepspeed is not None:
-            self.reference_engine = prepare_deepspeed(reference.frozen, accelerator)  # ZeRO-3
+            self.reference_engine = prepare_deepspeed(reference.frozen, accelerator)
         elif reference.frozen is not None and is_sharded(self.model):
             reference.frozen = prepare_fsdp(reference.frozen, accelerator)
         self._first_forward_through_root()
