@@ -4,6 +4,8 @@ at the end, a user's file, no gold reward. The embedded task is one user among m
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -87,26 +89,40 @@ def test_ppo_rolls_out_and_evaluates_long_dialogue_prompts(run_method, tmp_path)
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 
-def test_changed_rows_rebuild_sft_and_reward_model(run_method, tmp_path, shared_cache):
+def test_changed_rows_rebuild_sft_and_reward_model(run_method, tmp_path, shared_cache, caplog):
     data = tmp_path / "hh.jsonl"
     # DPO resolves both upstream stages (the reward model for its evaluation) from the cache.
     quick = ["method=dpo", "method.max_steps=2", "eval.num_prompts=4", "eval.greedy=false"]
     quick += ["upstream.sft.overrides.max_steps=3", "upstream.reward.overrides.max_steps=3"]
+    caplog.set_level(logging.INFO, logger="rlhf_exp.artifacts")
 
-    def entries(stage: str) -> set[str]:
-        root = shared_cache / stage
-        names = {p.name for p in root.iterdir()} if root.is_dir() else set()
-        return {n for n in names if not n.startswith(".") and not n.endswith(".lock")}
+    def stages_used() -> dict[str, tuple[str, str]]:
+        """stage -> (building or reusing, cache entry) for this test's last run: the cache is
+        shared with other tests (and xdist workers), so only its own entries count."""
+        found = {}
+        for record in caplog.records:
+            line = re.match(r"cache: (building|reusing) (sft|reward|base) (\S+)", record.message)
+            if line:  # the first look-up: later stages look their upstream up again
+                found.setdefault(line[2], (line[1], Path(line[3]).name))
+        caplog.clear()
+        return found
 
     dialogue_file(data, n=120, seed=1)
     run_method(*files_overrides(data), *quick)
-    before = {stage: entries(stage) for stage in ("sft", "reward", "base")}
-    run_method(*files_overrides(data), *quick)  # same bytes: reused
-    assert {stage: entries(stage) for stage in before} == before
+    first = stages_used()
+    assert set(first) == {"sft", "reward", "base"}
+    run_method(*files_overrides(data), *quick)  # same bytes: reused (their base not looked up)
+    second = stages_used()
+    assert {"sft", "reward"} <= set(second)
+    assert all(second[stage] == ("reusing", first[stage][1]) for stage in second)
     dialogue_file(data, n=120, seed=2)  # same path, other rows
     run_method(*files_overrides(data), *quick)
-    for stage, names in before.items():
-        assert len(entries(stage) - names) == 1, stage  # rebuilt from the new rows
+    third = stages_used()
+    for stage in ("sft", "reward"):  # rebuilt from the new rows, beside the old entries
+        how, key = third[stage]
+        assert how == "building" and key != first[stage][1], stage
+        assert (shared_cache / stage / key).is_dir(), stage
+        assert (shared_cache / stage / first[stage][1]).is_dir(), stage
 
 
 def test_pairs_that_all_tie_stop_with_one_line(tmp_path):
