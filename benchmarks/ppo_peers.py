@@ -80,6 +80,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -226,6 +227,17 @@ def ensure_trl112_venv() -> Path:
 
 
 # -------------------------------------------------------------------------------- peers
+def finished_metrics(run_dir: Path, peer: str) -> dict:
+    """A finished run's metrics; its checkpoints and model go (GBs each at 124M: a full
+    round of peers filled the disk)."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for artifact in ("checkpoints", "model"):
+        shutil.rmtree(run_dir / artifact, ignore_errors=True)
+    if m.get("status") == "failed":
+        raise RuntimeError(f"{peer} failed: {m.get('error')}")
+    return m
+
+
 def run_ours(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> dict:
     run_dir = work / "runs" / f"{tag}_{peer}"
     args = [sys.executable, "run.py", "method=ppo", "debug=fast", "logger=none"]
@@ -247,9 +259,7 @@ def run_ours(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) -> d
         "eval.greedy=false",
     ]
     rss = run_child(args, work / "logs" / f"{tag}_{peer}.log", env)
-    m = json.loads((run_dir / "metrics.json").read_text())
-    if m.get("status") == "failed":
-        raise RuntimeError(f"{peer} failed: {m.get('error')}")
+    m = finished_metrics(run_dir, peer)
     tokens, seconds = m["throughput/tokens_total"], m["time/train_s"]
     return {
         "tokens": tokens,
@@ -289,9 +299,7 @@ def run_online(peer: str, s: dict, work: Path, tag: str, env: dict[str, str]) ->
         "eval.reward_model=false",
     ]
     rss = run_child(args, work / "logs" / f"{tag}_{peer}.log", env)
-    m = json.loads((run_dir / "metrics.json").read_text())
-    if m.get("status") == "failed":
-        raise RuntimeError(f"{peer} failed: {m.get('error')}")
+    m = finished_metrics(run_dir, peer)
     tokens, seconds = m["throughput/generated_tokens"], m["time/train_s"]
     return {
         "tokens": tokens,
@@ -310,6 +318,7 @@ def run_trl112(s: dict, work: Path, tag: str, env: dict[str, str], venv_python: 
     quiet = {"TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
     rss = run_child(args, log, env | quiet | {"HF_HUB_OFFLINE": "1"})
     r = result_line(log)
+    shutil.rmtree(out, ignore_errors=True)  # its saved model: see finished_metrics
     return r | {"tokens_per_s": r["tokens"] / r["seconds"], "peak_rss_mb": rss}
 
 
