@@ -4,6 +4,7 @@ cache, with and without a `torch.compile`d model. Generated tokens/s, interleave
 
     python benchmarks/rollout_124m.py --policy RUN/model                 # 64 prompts x 64 new
     python benchmarks/rollout_124m.py --policy RUN/model --variants ours,plain --reps 5
+    python benchmarks/rollout_124m.py --policy RUN/model --lora 16 --variants ours,ours-percast
 
 RUN/model is any saved causal LM with its tokenizer (e.g. the SFT policy `benchmarks/run.py
 mfu_124m` builds: model=gpt2_shape). Prompts have UltraFeedback's lengths
@@ -12,16 +13,20 @@ Everything runs under bf16 autocast when the CPU has native bf16 (`precision=aut
 else fp32, in one process, variants interleaved after one untimed warm-up each; the compiled
 variant's compile time is reported apart (its warm-up). Every variant ends with the same
 thing: response ids and the log-prob of every sampled token, which is what PPO needs.
+`--lora R` samples from the policy wrapped in LoRA (frozen base); `ours-percast` is ours with
+frozen weights cast to bf16 at every decode step, as before `frozen_weight_casts_cached`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -40,7 +45,12 @@ from rlhf_exp.generation import (  # noqa: E402
 from rlhf_exp.hardware import auto_precision, compute_precision  # noqa: E402
 from rlhf_exp.rl import response_logprobs  # noqa: E402
 
-VARIANTS = ("ours", "plain", "static", "static-compiled")
+VARIANTS = ("ours", "plain", "static", "static-compiled", "ours-percast")
+
+
+@contextlib.contextmanager
+def _no_cache(model: Any) -> Iterator[None]:
+    yield
 
 
 def _left_padded(tokenizer: Any, prompts: list[str], max_prompt: int) -> dict[str, torch.Tensor]:
@@ -58,6 +68,10 @@ def variants(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, ma
                            batch_size=len(prompts), max_prompt_length=max_prompt,
                            return_logprobs=True)  # fmt: skip
         return int(rollout.response_mask.sum())
+
+    def ours_percast() -> int:  # before: frozen weights (LoRA's base) cast at every step
+        with mock.patch("rlhf_exp.generation.frozen_weight_casts_cached", _no_cache):
+            return ours()
 
     def plain() -> int:
         rollout = generate(model, tokenizer, prompts, max_new_tokens=new_tokens,
@@ -92,7 +106,7 @@ def variants(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, ma
         return compiled()
 
     return {"ours": ours, "plain": plain, "static": static(model),
-            "static-compiled": static_compiled}  # fmt: skip
+            "static-compiled": static_compiled, "ours-percast": ours_percast}  # fmt: skip
 
 
 def main() -> None:
@@ -104,6 +118,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS[:3]),
                         help=f"comma-separated, of {', '.join(VARIANTS)}")  # fmt: skip
+    parser.add_argument(
+        "--lora",
+        type=int,
+        default=0,
+        help="LoRA rank to wrap the policy in (base frozen, as lora=default)",
+    )
     parser.add_argument("--out", default="rollout_124m")
     opts = parser.parse_args()
     chosen = [v for v in opts.variants.split(",") if v]
@@ -113,6 +133,12 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(opts.policy)
     model = AutoModelForCausalLM.from_pretrained(opts.policy).eval()
+    if opts.lora:
+        import peft
+
+        targets = ["c_attn", "c_proj", "c_fc"]  # model.lora_target_modules' default
+        lora = peft.LoraConfig(r=opts.lora, lora_alpha=2 * opts.lora, target_modules=targets)
+        model = peft.get_peft_model(model, lora).eval()
     prompts = [r["prompt"] for r in ultrafeedback_like_rows(opts.prompts, seed=1)]
     precision, why = auto_precision()
     bf16 = precision == "bf16"
@@ -134,6 +160,7 @@ def main() -> None:
     rows = [
         f"Rollout of {opts.prompts} UltraFeedback-length prompts (<= {opts.max_prompt} tokens) "
         f"x {opts.new_tokens} new tokens, {'bf16 autocast' if bf16 else 'fp32'}, "
+        f"{f'LoRA r={opts.lora}, ' if opts.lora else ''}"
         f"{torch.get_num_threads()} threads, median of {opts.reps} interleaved reps; {machine()}",
         "",
         "| variant | generated tok/s | vs ours | warm-up s |",

@@ -27,6 +27,7 @@ from transformers import GenerationConfig
 
 from rlhf_exp.data.tokens import fit_prompts
 from rlhf_exp.errors import UserError
+from rlhf_exp.hardware import frozen_weight_casts_cached
 from rlhf_exp.rl import entropy_of, logprobs_of
 from rlhf_exp.sharding import is_sharded
 
@@ -110,18 +111,19 @@ def generate(
     # transformers infers
     synced = is_sharded(model)
     try:
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer.pad(
-                {"input_ids": prompt_ids[start : start + batch_size]},
-                padding=True,
-                padding_side="left",
-                return_tensors="pt",
-            ).to(device)
-            out = model.generate(**enc, generation_config=config, synced_gpus=synced)
-            sequences = out.sequences if return_logprobs else out
-            response = sequences[:, enc["input_ids"].shape[1] :]
-            stats = _token_stats(out.scores, response) if return_logprobs else None
-            chunks.append((enc["input_ids"], enc["attention_mask"], response, stats))
+        with frozen_weight_casts_cached(model):
+            for start in range(0, len(prompts), batch_size):
+                enc = tokenizer.pad(
+                    {"input_ids": prompt_ids[start : start + batch_size]},
+                    padding=True,
+                    padding_side="left",
+                    return_tensors="pt",
+                ).to(device)
+                out = model.generate(**enc, generation_config=config, synced_gpus=synced)
+                sequences = out.sequences if return_logprobs else out
+                response = sequences[:, enc["input_ids"].shape[1] :]
+                stats = _token_stats(out.scores, response) if return_logprobs else None
+                chunks.append((enc["input_ids"], enc["attention_mask"], response, stats))
     finally:
         model.train(was_training)
 

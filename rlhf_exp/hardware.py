@@ -8,7 +8,9 @@ Elsewhere bf16 is emulated and slower than fp32, so `auto` is fp32.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,40 @@ def compute_precision(precision: str) -> Any:
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where accelerate puts models
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextlib.contextmanager
+def frozen_weight_casts_cached(model: Any) -> Iterator[None]:
+    """Inside autocast, cast frozen weights (LoRA's base, a frozen copy) to bf16 once for the
+    block instead of at every forward: torch caches a weight's cast only if it requires grad,
+    so sampling from a LoRA policy cast all its base weights again at each decode step. For
+    inference blocks only (the cached casts would go stale under an optimiser step): the
+    flags come back and the cache is emptied on the way out. Sharded parameters (FSDP's
+    DTensors, ZeRO-3's partitions) are left alone.
+    """
+    import torch
+
+    device_type = next(model.parameters()).device.type
+    if not (torch.is_autocast_enabled(device_type) and torch.is_autocast_cache_enabled()):
+        yield
+        return
+    frozen = [
+        p
+        for p in model.parameters()
+        if type(p) is torch.nn.Parameter  # not a quantised or sharded subclass
+        and not hasattr(p, "ds_id")  # DeepSpeed ZeRO-3
+        and p.is_floating_point()
+        and not p.requires_grad
+    ]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        if frozen:
+            torch.clear_autocast_cache()
 
 
 def auto_precision(flags: set[str] | None = None) -> tuple[str, str]:

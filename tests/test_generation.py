@@ -72,3 +72,50 @@ def test_prompts_longer_than_the_positions_keep_their_end(tiny_lm):
     assert width == positions - 8  # cut to what fits beside the new tokens
     kept = tok.decode(r.prompt_ids[0][r.prompt_mask[0].bool()])
     assert kept.endswith(ending)  # the left was cut, not the end
+
+
+def _weight_casts(model, fn) -> int:
+    """Copies made of `model`'s weights (autocast's casts) while `fn` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    weights = {p.data_ptr() for p in model.parameters()}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in weights:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_sampling_casts_frozen_weights_once_under_autocast(tiny_lm):
+    """A frozen policy (LoRA's base) sampled under bf16 autocast: its weights are cast once for
+    the whole sampling, as a trainable policy's are, not again at every decode step; the
+    tokens are those of the uncached path, and the weights stay frozen afterwards."""
+    model, tok = copy.deepcopy(tiny_lm[0]).requires_grad_(False), tiny_lm[1]
+    prompts = ["the film", "it was"]
+    weights = sum(1 for _ in model.parameters())
+
+    def sample() -> list[list[int]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r = generate(model, tok, prompts, max_new_tokens=8, greedy=True)
+        return r.response_ids.tolist()
+
+    def plain() -> None:  # transformers' generate alone: frozen weights cast every step
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+
+    casts = _weight_casts(model, sample)
+    assert 0 < casts <= weights  # once each at most
+    assert _weight_casts(model, plain) > 4 * casts  # the cost it removes: once per decode step
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not torch.is_autocast_cpu_enabled()
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        uncached = generate(model, tok, prompts, max_new_tokens=8, greedy=True)
+    assert sample() == uncached.response_ids.tolist()
