@@ -108,61 +108,54 @@ def _kill_after_first_checkpoint(
     return proc.returncode, stderr
 
 
-# method -> metrics of its uninterrupted run: the SIGTERM and SIGKILL cases of a method
-# compare against the same one (when xdist puts them in the same worker)
-_UNINTERRUPTED: dict[str, dict] = {}
-
-
-def _uninterrupted_metrics(
-    method: str, args: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> dict:
-    if method not in _UNINTERRUPTED:
-        root = tmp_path_factory.mktemp(f"uninterrupted-{method}")
-        done = run_cli(*args, f"paths.root_dir={root}", f"hydra.run.dir={root}/straight")
-        assert done.returncode == 0, done.stderr[-2000:]
-        _UNINTERRUPTED[method] = json.loads((root / "straight" / "metrics.json").read_text())
-    return _UNINTERRUPTED[method]
+def _uninterrupted_metrics(args: list[str], root: Path) -> dict:
+    done = run_cli(*args, f"paths.root_dir={root}", f"hydra.run.dir={root}/straight")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((root / "straight" / "metrics.json").read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("method", "sig"),
+    ("method", "signals"),
     [
-        ("sft", signal.SIGTERM),
-        ("sft", signal.SIGKILL),
-        ("reward", signal.SIGTERM),
-        ("dpo", signal.SIGTERM),
-        ("ppo", signal.SIGTERM),
-        ("ppo", signal.SIGKILL),
+        ("sft", (signal.SIGTERM, signal.SIGKILL)),
+        ("reward", (signal.SIGTERM,)),
+        ("dpo", (signal.SIGTERM,)),
+        ("ppo", (signal.SIGTERM, signal.SIGKILL)),
     ],
+    ids=["sft", "reward", "dpo", "ppo"],
 )
 def test_killed_run_resumes_to_the_same_result(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, shared_cache: Path, method: str,
-    sig: int,
-):  # fmt: skip
+    tmp_path: Path, shared_cache: Path, method: str, signals: tuple[int, ...]
+):
+    """Stopped cleanly (SIGTERM) or killed outright (SIGKILL) after its first checkpoint, a run
+    resumed with `resume_from=latest` ends where the uninterrupted one did (one straight run
+    per method, compared against each interrupted one)."""
     args, compare = METHODS[method]
     args = [*args, f"paths.cache_dir={shared_cache}"]  # upstream stages built once per session
-    expected = _uninterrupted_metrics(method, args, tmp_path_factory)
+    expected = _uninterrupted_metrics(args, tmp_path)
 
-    run_dir = tmp_path / "killed"
-    code, stderr = _kill_after_first_checkpoint(args, tmp_path, run_dir, sig)
-    if sig == signal.SIGTERM:  # clean stop: a checkpoint, exit 143, and how to resume
-        assert code == 143, stderr[-2000:]
-        assert "resume with: python run.py" in stderr and "resume_from=latest" in stderr
-        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
-    else:
-        assert code == -signal.SIGKILL
-    stopped = _complete_checkpoints(run_dir)[-1]
-    assert int(stopped.name.split("-")[-1]) < expected["train/global_step"]
+    for sig in signals:
+        run_dir = tmp_path / f"killed-{sig}"
+        code, stderr = _kill_after_first_checkpoint(args, tmp_path, run_dir, sig)
+        if sig == signal.SIGTERM:  # clean stop: a checkpoint, exit 143, and how to resume
+            assert code == 143, stderr[-2000:]
+            assert "resume with: python run.py" in stderr and "resume_from=latest" in stderr
+            status = json.loads((run_dir / "metrics.json").read_text())["status"]
+            assert status == "interrupted"
+        else:
+            assert code == -signal.SIGKILL
+        stopped = _complete_checkpoints(run_dir)[-1]
+        assert int(stopped.name.split("-")[-1]) < expected["train/global_step"]
 
-    resumed = run_cli(
-        *args, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}", "resume_from=latest"
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"from {stopped}" in resumed.stdout + resumed.stderr  # it said where it resumed
-    got = json.loads((run_dir / "metrics.json").read_text())
-    for key, rel in compare.items():
-        assert got[key] == pytest.approx(expected[key], rel=rel, abs=1e-6), key
+        resumed = run_cli(
+            *args, f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}", "resume_from=latest"
+        )
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert f"from {stopped}" in resumed.stdout + resumed.stderr  # it said where it resumed
+        got = json.loads((run_dir / "metrics.json").read_text())
+        for key, rel in compare.items():
+            assert got[key] == pytest.approx(expected[key], rel=rel, abs=1e-6), (sig, key)
 
 
 def _ctx(run_dir: Path, resume_from: str | None) -> SimpleNamespace:

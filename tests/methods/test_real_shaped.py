@@ -31,8 +31,12 @@ def dialogue_file(path: Path, n: int = 400, seed: int = 0) -> Path:
     return write_jsonl(rows, path)
 
 
+# The policy these runs start from only has to exist: a short SFT stage, shared by them all
+SHORT_SFT = "upstream.sft.overrides.max_steps=10"
+
+
 def files_overrides(data: Path) -> list[str]:
-    return ["dataset=files", f"+dataset.data_files.preference={data}", *BUDGET]
+    return ["dataset=files", f"+dataset.data_files.preference={data}", *BUDGET, SHORT_SFT]
 
 
 def test_reward_model_on_long_dialogues(run_method, tmp_path):
@@ -61,7 +65,7 @@ def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp
     data = dialogue_file(tmp_path / "hh.jsonl")
     metrics, run_dir, _, _ = run_method(
         "method=dpo",
-        "method.max_steps=8",  # what is tested is the evaluation without a gold reward
+        "method.max_steps=2",  # what is tested is the evaluation without a gold reward
         "eval.num_prompts=16",
         "eval.greedy=false",
         *files_overrides(data),
