@@ -1,10 +1,13 @@
 """The seed job's "ours" side at 124M under another allocator: glibc's malloc (with the phase
-trims of rlhf_exp.memory) against jemalloc by `LD_PRELOAD`, its defaults and two settings.
-Loop time and peak RSS (wait4), interleaved reps, into benchmarks/results/allocator_124m.json;
-benchmarks/NOTES.md "jemalloc instead of glibc's malloc" has the result.
+trims of rlhf_exp.memory), glibc limited to one or two arenas, and jemalloc by `LD_PRELOAD`
+with its defaults and two settings. Loop time and peak RSS (wait4), interleaved reps, into
+benchmarks/results/NAME.json; benchmarks/NOTES.md "jemalloc instead of glibc's malloc" and
+"Fewer malloc arenas, a bf16 frozen base" have the results.
 
-    apt-get install libjemalloc2
+    apt-get install libjemalloc2   # for the jemalloc variants only
     python benchmarks/allocator_124m.py --workspace /tmp/alloc --reps 2
+    python benchmarks/allocator_124m.py --variants glibc,glibc-one-arena,glibc-two-arenas \
+        --name allocator_124m_arenas
 
 Builds the one-step SFT policy and the UltraFeedback-length file in the workspace once
 (`at_124m`'s seed job), then runs the reward model with LoRA r=8 at 512 tokens, 8 steps.
@@ -25,6 +28,9 @@ from common import Measured, child_env, interleaved, machine, run_py, write_json
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 VARIANTS = {
     "glibc": {},
+    # one heap for every thread: torch's OpenMP workers otherwise free into arenas of their own
+    "glibc-one-arena": {"MALLOC_ARENA_MAX": "1"},
+    "glibc-two-arenas": {"MALLOC_ARENA_MAX": "2"},
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
     "jemalloc-background-thread": {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true"},
     "jemalloc-no-decay": {
@@ -39,11 +45,13 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/allocator_124m"))
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--name", default="allocator_124m", help="results/NAME.json")
     opts = parser.parse_args()
     unknown = set(opts.variants.split(",")) - set(VARIANTS)
     if unknown:
         parser.error(f"--variants {','.join(sorted(unknown))}: choose from {', '.join(VARIANTS)}")
-    if not Path(JEMALLOC).is_file():
+    chosen = opts.variants.split(",")
+    if any("LD_PRELOAD" in VARIANTS[name] for name in chosen) and not Path(JEMALLOC).is_file():
         sys.exit(f"no {JEMALLOC}: install Debian's libjemalloc2")
     ws = SimpleNamespace(root=opts.workspace)
     ws.root.mkdir(parents=True, exist_ok=True)
@@ -62,7 +70,7 @@ def main() -> None:
 
         return run
 
-    runs = interleaved({name: runner(name) for name in opts.variants.split(",")}, opts.reps)
+    runs = interleaved({name: runner(name) for name in chosen}, opts.reps)
     results = {
         name: [{"loop_s": m.metrics["time/train_s"], "peak_rss_mb": m.peak_rss_mb} for m in ms]
         for name, ms in runs.items()
@@ -71,7 +79,7 @@ def main() -> None:
         loops = ", ".join(f"{r['loop_s']:.1f}" for r in rows)
         peaks = ", ".join(f"{r['peak_rss_mb']:,.0f}" for r in rows)
         print(f"{name:28s} loop s {loops:20s} peak RSS MB {peaks}")
-    write_json("allocator_124m", {"machine": machine(), "runs": results})
+    write_json(opts.name, {"machine": machine(), "runs": results})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ a run holds (benchmarks/NOTES.md, "At GPT-2 small's size").
     python benchmarks/step_memory_124m.py 8 512 1 autocast gc     # 8 sequences x 512 tokens
     python benchmarks/step_memory_124m.py 2 512 4 autocast nogc    # 2 x 512, 4 micro-batches
     python benchmarks/step_memory_124m.py 8 512 1 fp32 gc          # the notebook's compute
+    python benchmarks/step_memory_124m.py 2 512 1 autocast gc live # + live tensors by kind
+
+`live`: one more step under torch's memory profiler, and what the tensors alive at its peak
+are (weights, autograd's saved tensors, activations, ...): RSS above that is the allocator's.
 
 One setting per process (peak RSS is the process's); the best of 2 timed steps after a warm-up.
 """
@@ -28,6 +32,7 @@ PRESET = Path(__file__).resolve().parent.parent / "conf" / "model" / "gpt2_shape
 def main() -> None:
     sequences, tokens, accumulation = (int(a) for a in sys.argv[1:4])
     precision, checkpointing = sys.argv[4], sys.argv[5] == "gc"
+    live = sys.argv[6:] == ["live"]
     torch.manual_seed(0)
     shape = OmegaConf.load(PRESET).tiny  # the gpt2_shape preset's own, not a copy of it
     config = GPT2Config(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
@@ -61,6 +66,24 @@ def main() -> None:
     print(f"{precision} checkpointing={checkpointing} {sequences}x{accumulation} of {tokens} "
           f"tokens: {seconds:.2f} s/step, {n / seconds:.0f} tokens/s, peak RSS {peak:.0f} MB "
           f"({before:.0f} MB before the first step)")  # fmt: skip
+    if live:
+        _live_tensors(step)
+
+
+def _live_tensors(step) -> None:
+    """The tensors alive at one step's peak, by kind (torch's memory profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import _CATEGORY_TO_COLORS, MemoryProfileTimeline
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:  # fmt: skip
+        step()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    at_peak = max(sizes, key=sum)
+    kinds = [c.name.lower() if c is not None else "unknown" for c in _CATEGORY_TO_COLORS]
+    by_kind = zip(kinds, at_peak[1:], strict=True)  # column 0 is torch's padding
+    parts = ", ".join(f"{k} {b / 2**20:.0f}" for k, b in by_kind if b)
+    print(f"live tensors at the step's peak: {sum(at_peak) / 2**20:.0f} MB ({parts})")
 
 
 def _timed(fn) -> float:
