@@ -159,33 +159,9 @@ def section_seed_job(ws: Any, reps: int) -> dict[str, Any]:
         "|---|---|---|---|---|---|",
     ]
     for max_length, n in lengths.items():
-        ours_args = _seed_ours(ws, sft, max_length, steps, [])
-        naive_args = _naive_args(sft, pairs, max_length, steps, lr)
-        runs = interleaved(
-            {
-                "ours": lambda a=ours_args, n=max_length: ws.run(f"seed-ours-{n}", a),
-                "notebook": lambda a=naive_args, n=max_length: bare(ws, f"seed-notebook-{n}", a),
-            },
-            n,
-        )
-        point: dict[str, Any] = {}
-        for name, measured in runs.items():
-            loop = [m.metrics["time/train_s"] for m in measured]
-            pps = [steps * SEED_PAIRS_PER_STEP / s for s in loop]
-            rss = [m.peak_rss_mb for m in measured]
-            point[name] = {"pairs_per_s": pps, "peak_rss_mb": rss, "loop_s": loop}
-            how = (
-                f"{measured[0].metrics.get('model/precision')}, on"
-                if name == "ours"
-                else "fp32, on (TRL's default), padded to max_length"
-            )
-            cells = [str(max_length), name, spread(pps), spread(rss), spread(loop), how]
-            rows.append("| " + " | ".join(cells) + " |")
-        speed = median(point["ours"]["pairs_per_s"]) / median(point["notebook"]["pairs_per_s"])
-        memory = median(point["ours"]["peak_rss_mb"]) / median(point["notebook"]["peak_rss_mb"])
-        point |= {"speed_ratio": speed, "memory_ratio": memory}
+        point = seed_job_point(ws, sft, pairs, lr, max_length, steps, n)
         out[str(max_length)] = point
-        rows.append(f"| {max_length} | ours/notebook | {speed:.2f}x | {memory:.2f}x | | |")
+        rows += point.pop("rows")
     rows += ["", "Targets: ours/notebook >= 2x pairs/s and <= 0.5x peak RSS."]
     out["timeline"] = _seed_timelines(ws, sft, 512, steps, lr)
     rows += ["", "Memory timeline at max_length 512 (largest RSS MB in each phase):", ""]
@@ -193,6 +169,40 @@ def section_seed_job(ws: Any, reps: int) -> dict[str, Any]:
         phases = "; ".join(f"{p['phase']} {p['mb']}" for p in timeline["phases"])
         rows.append(f"- {name}: {phases}")
     return {"data": out, "table": rows}
+
+
+def seed_job_point(
+    ws: Any, sft: Path, pairs: Path, lr: float, max_length: int, steps: int, reps: int
+) -> dict[str, Any]:
+    """Ours against the notebook's settings at one max_length, `reps` interleaved rounds: each
+    side's pairs/s, peak RSS and loop seconds, their ratios, and the table rows."""
+    ours_args = _seed_ours(ws, sft, max_length, steps, [])
+    naive_args = _naive_args(sft, pairs, max_length, steps, lr)
+    runs = interleaved(
+        {
+            "ours": lambda: ws.run(f"seed-ours-{max_length}", ours_args),
+            "notebook": lambda: bare(ws, f"seed-notebook-{max_length}", naive_args),
+        },
+        reps,
+    )
+    point: dict[str, Any] = {}
+    rows = []
+    for name, measured in runs.items():
+        loop = [m.metrics["time/train_s"] for m in measured]
+        pps = [steps * SEED_PAIRS_PER_STEP / s for s in loop]
+        rss = [m.peak_rss_mb for m in measured]
+        point[name] = {"pairs_per_s": pps, "peak_rss_mb": rss, "loop_s": loop}
+        how = (
+            f"{measured[0].metrics.get('model/precision')}, on"
+            if name == "ours"
+            else "fp32, on (TRL's default), padded to max_length"
+        )
+        cells = [str(max_length), name, spread(pps), spread(rss), spread(loop), how]
+        rows.append("| " + " | ".join(cells) + " |")
+    speed = median(point["ours"]["pairs_per_s"]) / median(point["notebook"]["pairs_per_s"])
+    memory = median(point["ours"]["peak_rss_mb"]) / median(point["notebook"]["peak_rss_mb"])
+    rows.append(f"| {max_length} | ours/notebook | {speed:.2f}x | {memory:.2f}x | | |")
+    return point | {"speed_ratio": speed, "memory_ratio": memory, "rows": rows}
 
 
 def _seed_timelines(ws: Any, sft: Path, max_length: int, steps: int, lr: float) -> dict[str, Any]:
