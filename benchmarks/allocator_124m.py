@@ -47,10 +47,10 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--name", default="allocator_124m", help="results/NAME.json")
     opts = parser.parse_args()
-    unknown = set(opts.variants.split(",")) - set(VARIANTS)
+    chosen = opts.variants.split(",")
+    unknown = set(chosen) - set(VARIANTS)
     if unknown:
         parser.error(f"--variants {','.join(sorted(unknown))}: choose from {', '.join(VARIANTS)}")
-    chosen = opts.variants.split(",")
     if any("LD_PRELOAD" in VARIANTS[name] for name in chosen) and not Path(JEMALLOC).is_file():
         sys.exit(f"no {JEMALLOC}: install Debian's libjemalloc2")
     ws = SimpleNamespace(root=opts.workspace)

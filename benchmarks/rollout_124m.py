@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -48,11 +48,6 @@ from rlhf_exp.rl import response_logprobs  # noqa: E402
 VARIANTS = ("ours", "plain", "static", "static-compiled", "ours-percast")
 
 
-@contextlib.contextmanager
-def _no_cache(model: Any) -> Iterator[None]:
-    yield
-
-
 def _left_padded(tokenizer: Any, prompts: list[str], max_prompt: int) -> dict[str, torch.Tensor]:
     ids = fit_prompts(tokenizer, prompts, max_prompt)
     return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
@@ -70,7 +65,7 @@ def variants(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, ma
         return int(rollout.response_mask.sum())
 
     def ours_percast() -> int:  # before: frozen weights (LoRA's base) cast at every step
-        with mock.patch("rlhf_exp.generation.frozen_weight_casts_cached", _no_cache):
+        with mock.patch("rlhf_exp.generation.frozen_weight_casts_cached", contextlib.nullcontext):
             return ours()
 
     def plain() -> int:
