@@ -1,8 +1,9 @@
 """The seed job's "ours" side at 124M under another allocator: glibc's malloc (with the phase
-trims of rlhf_exp.memory), glibc limited to one or two arenas, and jemalloc by `LD_PRELOAD`
-with its defaults and two settings. Loop time and peak RSS (wait4), interleaved reps, into
-benchmarks/results/NAME.json; benchmarks/NOTES.md "jemalloc instead of glibc's malloc" and
-"Fewer malloc arenas, a bf16 frozen base" have the results.
+trims of rlhf_exp.memory), glibc limited to one or two arenas or with a fixed mmap threshold,
+and jemalloc by `LD_PRELOAD` with its defaults and two settings. Loop time and peak RSS
+(wait4), interleaved reps, into benchmarks/results/NAME.json; benchmarks/NOTES.md "jemalloc
+instead of glibc's malloc", "Fewer malloc arenas, a bf16 frozen base" and "A fixed glibc mmap
+threshold" have the results.
 
     apt-get install libjemalloc2   # for the jemalloc variants only
     python benchmarks/allocator_124m.py --workspace /tmp/alloc --reps 2
@@ -31,6 +32,17 @@ VARIANTS = {
     # one heap for every thread: torch's OpenMP workers otherwise free into arenas of their own
     "glibc-one-arena": {"MALLOC_ARENA_MAX": "1"},
     "glibc-two-arenas": {"MALLOC_ARENA_MAX": "2"},
+    # a fixed mmap threshold: glibc's own rises to the largest tensor freed (up to 32 MB), and
+    # tensors under it then fragment the heap; a trim threshold of 1 GiB leaves the heap's top
+    # to the phase trims instead of shrinking and growing it inside every step
+    "glibc-mmap-4mb": {
+        "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    },
+    "glibc-mmap-8mb": {
+        "MALLOC_MMAP_THRESHOLD_": str(8 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    },
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
     "jemalloc-background-thread": {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true"},
     "jemalloc-no-decay": {
