@@ -26,23 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import at_124m  # noqa: E402
 from common import Measured, child_env, interleaved, machine, run_py, write_json  # noqa: E402
 
+
+def _fixed_mmap_threshold(mib: int) -> dict[str, str]:
+    """glibc's mmap threshold fixed at `mib`: its own rises to the largest block freed (up to
+    32 MB), and the tensors under it then fragment the heap. A trim threshold of 1 GiB leaves
+    the heap's top to the phase trims instead of shrinking and regrowing it inside a step."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(mib << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 VARIANTS = {
     "glibc": {},
     # one heap for every thread: torch's OpenMP workers otherwise free into arenas of their own
     "glibc-one-arena": {"MALLOC_ARENA_MAX": "1"},
     "glibc-two-arenas": {"MALLOC_ARENA_MAX": "2"},
-    # a fixed mmap threshold: glibc's own rises to the largest tensor freed (up to 32 MB), and
-    # tensors under it then fragment the heap; a trim threshold of 1 GiB leaves the heap's top
-    # to the phase trims instead of shrinking and growing it inside every step
-    "glibc-mmap-4mb": {
-        "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
-        "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-    },
-    "glibc-mmap-8mb": {
-        "MALLOC_MMAP_THRESHOLD_": str(8 << 20),
-        "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-    },
+    "glibc-mmap-4mb": _fixed_mmap_threshold(4),
+    "glibc-mmap-8mb": _fixed_mmap_threshold(8),
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
     "jemalloc-background-thread": {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true"},
     "jemalloc-no-decay": {
