@@ -25,13 +25,13 @@ hits every peer alike; peak RSS per process from `wait4`. Peers:
 | ours-vh (by name only) | ours-gold + `method.critic=value_head` | the same | `time/train_s` |
 
 Ratios: ours-gold / rloo and ours-gold / grpo (target >= 1.3, the performance issue's),
-ours-rm / trl112-ppo (target >= 1.2). RLOO and GRPO run through the framework itself, as a
-user runs them (same models, data, reward adapter, throughput keys), so the ratio is what a
-user of `experiment=methods` sees. TRL 1.12's PPOTrainer only takes a reward *model*, hence the
-reward-model pair. Its venv (`benchmarks/peers/.venv-trl112`, git-ignored) is built on first
-use: torch (the CPU build this Python has, pinned first so pip takes no CUDA build), then
-trl==1.12.0 with this Python's transformers and accelerate versions, so only the trainer code
-differs.
+ours-rm / trl112-ppo (target >= 1.2; >= 2 for models other than `tiny`). RLOO and GRPO run
+through the framework itself, as a user runs them (same models, data, reward adapter,
+throughput keys), so the ratio is what a user of `experiment=methods` sees. TRL 1.12's
+PPOTrainer only takes a reward *model*, hence the reward-model pair. Its venv
+(`benchmarks/peers/.venv-trl112`, git-ignored) is built on first use: torch (the CPU build this
+Python has, pinned first so pip takes no CUDA build), then trl==1.12.0 with this Python's
+transformers and accelerate versions, so only the trainer code differs.
 
 Models: a tiny GPT-2 SFT policy and reward model built once with our framework (`debug=fast`,
 offline) in the work dir; every peer loads exactly these dirs. Prompts: the embedded task's
@@ -132,7 +132,14 @@ OURS = {
     "ours-vh": ["method.reward=gold", "method.critic=value_head"],
 }
 DEFAULT_PEERS = [p for p in PEERS if p != "ours-vh"]
-TARGETS = {"rloo": 1.3, "grpo": 1.3, "trl112-ppo": 1.2}  # ours / peer, from the issues
+# ours / peer, from the issues: the tiny default's, and GPT-2 size's (the performance issue:
+# >= 2x TRL 1.12 PPO at 124M)
+TARGETS = {"rloo": 1.3, "grpo": 1.3, "trl112-ppo": 1.2}
+TARGETS_AT_SIZE = TARGETS | {"trl112-ppo": 2.0}
+
+
+def targets(model: str) -> dict[str, float]:
+    return TARGETS if model == "tiny" else TARGETS_AT_SIZE
 
 
 # ------------------------------------------------------------------------------ process
@@ -428,9 +435,9 @@ def main() -> None:
             # best run against best run: less sensitive to other jobs on a shared machine
             best = summary[ours]["tokens_per_s_max"] / summary[peer]["tokens_per_s_max"]
             summary[peer]["ratio_ours_over_peer_best"] = best
-            if peer in TARGETS:
-                summary[peer]["target"] = TARGETS[peer]
-                summary[peer]["meets_target"] = ratio >= TARGETS[peer]
+            if peer in (wanted := targets(opts.model)):
+                summary[peer]["target"] = wanted[peer]
+                summary[peer]["meets_target"] = ratio >= wanted[peer]
 
     table = [
         f"generated tokens/s, median of {opts.reps} interleaved runs",
