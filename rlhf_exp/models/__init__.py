@@ -8,8 +8,8 @@ from rlhf_exp.models.loading import (
     load_reward_model,
     load_tokenizer,
     lora_config,
-    save_merged,
 )
+from rlhf_exp.models.saving import save_merged
 from rlhf_exp.models.tiny import CHAT_TEMPLATE, build_tiny_base
 
 __all__ = [

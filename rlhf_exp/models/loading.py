@@ -1,4 +1,4 @@
-"""Load tokenizers, policies and reward models; wrap them with LoRA; save merged checkpoints.
+"""Load tokenizers, policies and reward models; wrap them with LoRA (saving: `saving.py`).
 
 Every model, the tiny one included, goes through `from_pretrained`, so a hub id and a local
 directory behave the same. Failures a user can fix (missing path, no network, unknown LoRA
@@ -37,13 +37,10 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from rlhf_exp import signals
 from rlhf_exp.config.model_files import pickled_weights, unsafe_pickles
 from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
-from rlhf_exp.distributed import is_main_process
 from rlhf_exp.errors import UserError
-from rlhf_exp.memory import release_freed_memory
-from rlhf_exp.sharding import gather_whole, is_sharded, is_zero3, loaded_whole, whole_weights
+from rlhf_exp.sharding import loaded_whole
 
 log = logging.getLogger(__name__)
 
@@ -386,84 +383,7 @@ def apply_lora(
     return wrapped
 
 
-# ------------------------------------------------------------------------------ saving, counts
-@signals.phase("saving", deferred=True)  # a signal never cuts a save half-way
-def save_merged(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    """Save a plain checkpoint (safetensors) + tokenizer that `from_pretrained` reloads.
-
-    LoRA adapters are merged into a copy of the model, so `model` keeps its adapters (a run
-    saves before its final evaluation, which may still switch them off for the reference).
-    Only rank 0 writes. A model sharded across processes is gathered first, which every rank
-    takes part in: FSDP one tensor at a time, DeepSpeed ZeRO-3 whole for the save (its
-    partitions cannot be added to, as merging LoRA needs).
-    """
-    if is_zero3(model):
-        with whole_weights(model):
-            if is_main_process():
-                _save_whole(model, tokenizer, out_dir, sliced=False)
-        return
-    sliced = is_sharded(model)
-    if sliced or is_main_process():
-        _save_whole(model, tokenizer, out_dir, sliced=sliced)
-
-
-def _save_whole(
-    model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: Path, *, sliced: bool
-) -> None:
-    """`sliced` (FSDP): every rank calls this and gathers; only rank 0 writes."""
-    release_freed_memory()  # the merged copies and shard buffers start from what is in use
-    state_dict = None
-    if isinstance(model, peft.PeftModel):
-        state_dict = merged_state_dict(model, keep_vars=sliced)
-        model = model.get_base_model()
-    if sliced:
-        state_dict = gather_whole(state_dict or model.state_dict(keep_vars=True))
-        if not is_main_process():
-            return
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # transformers 5 always writes safetensors; serialising copies a shard to bytes, so shards
-    # of SAVE_SHARD bound that copy (a 124M model in one file: a 500 MB copy)
-    model.save_pretrained(out_dir, state_dict=state_dict, max_shard_size=SAVE_SHARD)
-    tokenizer.save_pretrained(out_dir)
-    del state_dict
-    release_freed_memory()
-
-
-SAVE_SHARD = "200MB"
-
-
-def merged_state_dict(model: peft.PeftModel, keep_vars: bool = False) -> dict[str, torch.Tensor]:
-    """The plain model's weights with the LoRA deltas added, as `merge_and_unload` of a copy
-    would give (bit for bit), without copying the model: only the adapted weights are new
-    tensors (a deep copy of a 124M model held another 500 MB at the end of every run).
-    `keep_vars`: the parameters themselves, as `state_dict(keep_vars=True)` gives them."""
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import ModulesToSaveWrapper
-
-    base = model.get_base_model()
-    adapter = model.active_adapter
-    out: dict[str, torch.Tensor] = {}
-    replaced: list[str] = []
-    with torch.no_grad():
-        for name, module in base.named_modules():
-            if isinstance(module, LoraLayer):
-                layer = module.get_base_layer()
-                out[f"{name}.weight"] = layer.weight + module.get_delta_weight(adapter)
-                if getattr(layer, "bias", None) is not None:
-                    out[f"{name}.bias"] = layer.bias
-            elif isinstance(module, ModulesToSaveWrapper):  # the trained head, as saved
-                for key, value in module.modules_to_save[adapter].state_dict().items():
-                    out[f"{name}.{key}"] = value
-            else:
-                continue
-            replaced.append(f"{name}.")
-        for key, value in base.state_dict(keep_vars=keep_vars).items():
-            if not key.startswith(tuple(replaced)):
-                out[key] = value
-    return out
-
-
+# ------------------------------------------------------------------------------------- counts
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; tied weights count once."""
     params = list(model.parameters())

@@ -20,8 +20,8 @@ from rlhf_exp.models.loading import (
     load_reward_model,
     load_tokenizer,
     lora_config,
-    save_merged,
 )
+from rlhf_exp.models.saving import save_merged
 
 SPEC = ModelSpec()
 LORA = LoraSpec(enabled=True, r=4, alpha=8.0)
