@@ -35,8 +35,8 @@ from rlhf_exp.sharding import gather_whole, is_sharded, is_zero3, whole_weights
 
 log = logging.getLogger(__name__)
 
-# transformers 5 always writes safetensors; serialising copies a shard to bytes, so shards of
-# SAVE_SHARD bound that copy (a 124M model in one file: a 500 MB copy)
+# transformers 5 always writes safetensors (0.8 writes without a copy); merging reads one shard
+# back at a time, so SAVE_SHARD bounds what a save holds beyond the model
 SAVE_SHARD = "200MB"
 
 # state-dict key -> a function building that key's merged weight
