@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_exp.data.synthetic_dialogues import hh_like_rows, write_jsonl
 
@@ -59,6 +61,29 @@ def test_reward_model_on_long_dialogues(run_method, tmp_path):
     assert 0.5 < metrics["eval/accuracy_lexical_baseline"] <= 1.0
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["data/pref_train/dropped_ties"] == metrics["data/pref_train/dropped_ties"]
+
+
+def test_lora_reward_model_is_saved_with_its_adapters_merged(run_method, tmp_path, caplog):
+    """LoRA on the long dialogues: the saved model is its SFT start with only the adapted
+    layers' weights changed (the adapters merged in, shard by shard) and a trained head."""
+    caplog.set_level(logging.INFO, logger="rlhf_exp.artifacts")
+    _, run_dir, _, _ = run_method(
+        "method=reward", "lora=default", *files_overrides(dialogue_file(tmp_path / "hh.jsonl"))
+    )
+    sft_entry = next(  # built or reused, by this job or another worker's
+        Path(found[1])
+        for record in caplog.records
+        if (found := re.search(r"cache: \w+ (?:sft )?(\S+/sft/[^/\s]+)", record.message))
+    )
+    start = AutoModelForCausalLM.from_pretrained(sft_entry / "model").state_dict()
+    saved = AutoModelForSequenceClassification.from_pretrained(run_dir / "model").state_dict()
+    adapted = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    body = [key for key in saved if key.startswith("transformer.")]
+    changed = {key for key in body if not torch.equal(saved[key], start[key])}
+    assert changed == {key for key in body if key.endswith(adapted)}
+    assert len(changed) == 4 * sum(key.endswith("ln_1.weight") for key in body)
+    assert "score.weight" in saved and not any("lora_" in key for key in saved)
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
 
 
 def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp_path):
