@@ -1,9 +1,10 @@
 """The seed job's "ours" side at 124M under another allocator: glibc's malloc (with the phase
 trims of rlhf_exp.memory), glibc limited to one or two arenas or with a fixed mmap threshold,
-and jemalloc by `LD_PRELOAD` with its defaults and two settings. Loop time and peak RSS
-(wait4), interleaved reps, into benchmarks/results/NAME.json; benchmarks/NOTES.md "jemalloc
-instead of glibc's malloc", "Fewer malloc arenas, a bf16 frozen base" and "A fixed glibc mmap
-threshold" have the results.
+oneDNN's primitive cache capped, and jemalloc by `LD_PRELOAD` with its defaults and two
+settings. Loop time and peak RSS (wait4), interleaved reps, into
+benchmarks/results/NAME.json; benchmarks/NOTES.md "jemalloc
+instead of glibc's malloc", "Fewer malloc arenas, a bf16 frozen base", "A fixed glibc mmap
+threshold" and "oneDNN's primitive cache" have the results.
 
     apt-get install libjemalloc2   # for the jemalloc variants only
     python benchmarks/allocator_124m.py --workspace /tmp/alloc --reps 2
@@ -42,6 +43,10 @@ VARIANTS = {
     "glibc-two-arenas": {"MALLOC_ARENA_MAX": "2"},
     "glibc-mmap-4mb": _fixed_mmap_threshold(4),
     "glibc-mmap-8mb": _fixed_mmap_threshold(8),
+    # oneDNN keeps up to 1,024 matmul primitives (with their buffers) by default; with dynamic
+    # padding nearly every micro-batch has new shapes, so few are ever used again
+    "onednn-cache-128": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"},
+    "onednn-cache-64": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
     "jemalloc-background-thread": {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true"},
     "jemalloc-no-decay": {
