@@ -1,10 +1,9 @@
 """The seed job's "ours" side at 124M under another allocator: glibc's malloc (with the phase
 trims of rlhf_exp.memory), glibc limited to one or two arenas or with a fixed mmap threshold,
 oneDNN's primitive cache capped, and jemalloc by `LD_PRELOAD` with its defaults and two
-settings. Loop time and peak RSS (wait4), interleaved reps, into
-benchmarks/results/NAME.json; benchmarks/NOTES.md "jemalloc
-instead of glibc's malloc", "Fewer malloc arenas, a bf16 frozen base", "A fixed glibc mmap
-threshold" and "oneDNN's primitive cache" have the results.
+settings. Loop time and peak RSS (wait4), interleaved reps, into benchmarks/results/NAME.json;
+benchmarks/NOTES.md "jemalloc instead of glibc's malloc", "Fewer malloc arenas, a bf16 frozen
+base", "A fixed glibc mmap threshold" and "oneDNN's primitive cache" have the results.
 
     apt-get install libjemalloc2   # for the jemalloc variants only
     python benchmarks/allocator_124m.py --workspace /tmp/alloc --reps 2

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -78,21 +77,17 @@ def variants(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, ma
         response_logprobs(logits, rollout.response_ids, 1.0, tokenizer.pad_token_id)
         return int(rollout.response_mask.sum())
 
-    def static(target: Any) -> Callable[[], int]:
-        config = sampling_config(tokenizer, new_tokens, return_logprobs=True)
-        config.cache_implementation = "static"
+    static_config = sampling_config(tokenizer, new_tokens, return_logprobs=True)
+    static_config.cache_implementation = "static"
 
-        def run() -> int:
-            with torch.no_grad():
-                out = target.generate(**enc, generation_config=config)
-            response = out.sequences[:, width:]
-            _token_stats(out.scores, response)
-            return int((response != tokenizer.pad_token_id).sum())
-
-        return run
+    def static_run() -> int:
+        with torch.no_grad():
+            out = model.generate(**enc, generation_config=static_config)
+        response = out.sequences[:, width:]
+        _token_stats(out.scores, response)
+        return int((response != tokenizer.pad_token_id).sum())
 
     compiled_forward = None
-    static_run = static(model)
 
     def static_compiled() -> int:
         # the compiled forward only for this variant's calls, so the others interleaved with it

@@ -25,14 +25,15 @@ from tokenizers.models import WordLevel
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import rlhf_exp
+from rlhf_exp.memory import current_rss_bytes
 from rlhf_exp.models import save_merged
 
 
-def _status_mb(field: str) -> float:
+def _peak_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError("/proc/self/status has no VmHWM")
 
 
 def _reset_peak() -> None:
@@ -66,12 +67,12 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    rss = _status_mb("VmRSS")
+    rss = current_rss_bytes() / 2**20
     _reset_peak()
     start = time.perf_counter()
     save_merged(model, tokenizer, out)
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM")
+    peak = _peak_mb()
     written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(json.dumps({
         "code": str(Path(rlhf_exp.__file__).parent.parent),
