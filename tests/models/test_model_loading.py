@@ -9,7 +9,8 @@ import httpx2
 import pytest
 import torch
 from huggingface_hub.errors import RepositoryNotFoundError
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers.activations import GELUTanh, NewGELUActivation
 
 from rlhf_exp.config.schema import LoraSpec, ModelSpec
 from rlhf_exp.errors import UserError
@@ -77,6 +78,52 @@ def test_unknown_hub_repository_is_reported_as_not_found(monkeypatch: pytest.Mon
 def test_dtype_comes_from_the_spec(tiny_dir: Path) -> None:
     model = load_causal_lm(str(tiny_dir), ModelSpec(dtype="bfloat16"))
     assert model.dtype == torch.bfloat16
+
+
+def _saved_for_backward_bytes(model: torch.nn.Module, ids: torch.Tensor) -> int:
+    saved: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids).logits.sum().backward()
+    return sum(saved)
+
+
+@pytest.mark.parametrize(
+    ("load", "plain_load"),
+    [
+        (load_causal_lm, AutoModelForCausalLM),
+        (load_reward_model, AutoModelForSequenceClassification),
+    ],
+    ids=["causal-lm", "reward-model"],
+)
+def test_gpt2s_composed_gelu_runs_as_the_fused_kernel_computing_the_same_function(
+    tiny_dir: Path, load, plain_load
+) -> None:
+    kwargs = {"num_labels": 1} if plain_load is AutoModelForSequenceClassification else {}
+    plain = plain_load.from_pretrained(tiny_dir, **kwargs)
+    tokenizer = load_tokenizer(str(tiny_dir), SPEC)
+    plain.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    loaded = load(str(tiny_dir), SPEC, tokenizer)
+    if kwargs:  # the fresh score head is drawn at random: give both the same one
+        loaded.score.load_state_dict(plain.score.state_dict())
+    ids = torch.randint(0, plain.config.vocab_size, (2, 12))
+    layers = plain.config.n_layer
+
+    def kinds(model: torch.nn.Module) -> list[type]:
+        return [type(m) for m in model.modules() if isinstance(m, NewGELUActivation | GELUTanh)]
+
+    assert kinds(plain) == [NewGELUActivation] * layers
+    assert kinds(loaded) == [GELUTanh] * layers
+    assert loaded.config.activation_function == "gelu_new"  # a saved model is the one loaded
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, plain(input_ids=ids).logits)
+    # the fused kernel keeps its input for backward; the composed one five tensors of that size
+    assert _saved_for_backward_bytes(loaded, ids) < 0.8 * _saved_for_backward_bytes(plain, ids)
 
 
 @pytest.mark.parametrize("pad_as_eos", [False, True], ids=["no-pad", "pad-is-eos"])
