@@ -33,7 +33,7 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.rewards.model_scorer import RewardModelScorer, pairwise_accuracy
-from rlhf_exp.training import eval_subset, run_training, throughput, trl_config
+from rlhf_exp.training import eval_subset, final_eval_metrics, run_training, throughput, trl_config
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
     with compute_precision(cfg.model.precision):
         after = pairwise_accuracy(scorer, test.dataset)
-    loss = trainer.evaluate()["eval_loss"]
+    loss = final_eval_metrics(trainer)["eval_loss"]
     return {
         "train/loss": result.training_loss,
         "train/pairs": len(train.dataset),

@@ -27,7 +27,7 @@ from rlhf_exp.models import (
     lora_config,
     save_merged,
 )
-from rlhf_exp.training import eval_subset, run_training, throughput, trl_config
+from rlhf_exp.training import eval_subset, final_eval_metrics, run_training, throughput, trl_config
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     result = run_training(trainer, ctx, eval_on_start=True)
     save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
     loss_before = _initial_eval_loss(trainer)
-    loss_after = trainer.evaluate()["eval_loss"]
+    loss_after = final_eval_metrics(trainer)["eval_loss"]
     return {
         "train/loss": result.training_loss,
         "train/rows": len(train),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import Trainer
 
 from rlhf_exp.artifacts import ArtifactCache
 from rlhf_exp.config.schema import RunConfig, validate
@@ -25,3 +26,19 @@ def run_method(compose_cfg, shared_cache: Path, tmp_path: Path) -> Callable[...,
         return execute(config, run_dir, cache), run_dir, config, cache
 
     return run
+
+
+@pytest.fixture
+def evaluation_steps(monkeypatch: pytest.MonkeyPatch) -> dict[Trainer, list[int]]:
+    """The global step of every evaluation a transformers trainer runs in this test, per
+    trainer, in the order they first evaluate (upstream stages first). Keyed by the trainer
+    itself: an `id` could be reused once an upstream stage's trainer is freed."""
+    steps: dict[Trainer, list[int]] = {}
+    evaluate = Trainer.evaluate
+
+    def counted(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        steps.setdefault(self, []).append(self.state.global_step)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    return steps

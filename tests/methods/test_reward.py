@@ -16,7 +16,7 @@ from tests.methods.weights import changed_tensors, load_weights, lora_targets
 pytestmark = pytest.mark.slow
 
 
-def test_reward_model_learns_preferences(run_method):
+def test_reward_model_learns_preferences(run_method, evaluation_steps):
     metrics, run_dir, _, _ = run_method("method=reward")
     # Measured on the fast preset (150 held-out pairs, 40 steps): 0.47 -> 0.89.
     assert metrics["eval/pairs"] >= 100
@@ -24,6 +24,10 @@ def test_reward_model_learns_preferences(run_method):
     assert metrics["eval/accuracy"] > metrics["eval/accuracy_initial"] + 0.15
     assert metrics["eval/margin"] > 0
     assert (run_dir / "model" / "model.safetensors").is_file()
+    # the reported loss is the last step's evaluation, not a second one after training
+    steps = list(evaluation_steps.values())[-1]  # the method's own trainer
+    assert steps[-1] == metrics["train/global_step"]
+    assert len(set(steps)) == len(steps)
 
 
 def test_reward_lora_trains_adapters_and_head_only(run_method):

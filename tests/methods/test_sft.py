@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
@@ -9,10 +10,10 @@ from rlhf_exp.context import RunContext
 from rlhf_exp.tracking import Tracker
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
-pytestmark = __import__("pytest").mark.slow
+pytestmark = pytest.mark.slow
 
 
-def test_sft_lowers_eval_loss_and_logs(run_method):
+def test_sft_lowers_eval_loss_and_logs(run_method, evaluation_steps):
     metrics, run_dir, _, _ = run_method("method=sft")
     # Measured on the fast preset: 7.46 -> 4.55 (x0.61) after 40 steps; asserts x0.8.
     assert metrics["eval/loss"] < 0.8 * metrics["eval/loss_initial"]
@@ -24,6 +25,10 @@ def test_sft_lowers_eval_loss_and_logs(run_method):
     assert {"train/loss", "train/learning_rate", "eval/loss", "eval/loss_initial"} <= tags
     losses = [e.value for e in acc.Scalars("train/loss")]
     assert losses[-1] < losses[0]
+    # the reported loss is the last step's evaluation, not a second one after training
+    steps = list(evaluation_steps.values())[-1]  # the method's own trainer
+    assert steps[-1] == metrics["train/global_step"]
+    assert len(set(steps)) == len(steps)
 
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert not list((run_dir / "model").glob("*.bin"))
