@@ -20,7 +20,6 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import at_124m  # noqa: E402
@@ -68,18 +67,14 @@ def main() -> None:
         parser.error(f"--variants {','.join(sorted(unknown))}: choose from {', '.join(VARIANTS)}")
     if any("LD_PRELOAD" in VARIANTS[name] for name in chosen) and not Path(JEMALLOC).is_file():
         sys.exit(f"no {JEMALLOC}: install Debian's libjemalloc2")
-    ws = SimpleNamespace(root=opts.workspace)
-    ws.root.mkdir(parents=True, exist_ok=True)
-    sft = at_124m._seed_sft(ws)
-    args = at_124m._seed_ours(ws, sft, 512, 8, [])
-    run_py(args, ws.root / "warm", ws.root / "warm.log")  # tokenised data into the cache
+    args = at_124m.seed_ours_workspace(opts.workspace)
 
     done = {name: 0 for name in VARIANTS}
 
     def runner(name: str) -> Callable[[], Measured]:
         def run() -> Measured:
             done[name] += 1
-            run_dir = ws.root / f"{name}-{done[name]}"
+            run_dir = opts.workspace / f"{name}-{done[name]}"
             env = child_env(**VARIANTS[name])
             return run_py(args, run_dir, run_dir.with_suffix(".log"), env=env)
 

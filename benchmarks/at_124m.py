@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from common import (
@@ -27,6 +28,7 @@ from common import (
     interleaved,
     median,
     run_measured,
+    run_py,
     spread,
 )
 from omegaconf import OmegaConf
@@ -122,6 +124,18 @@ def _seed_sft(ws: Any) -> Path:
     overrides = [*_seed_data(ws), *_budget(512), "method=sft", "method.max_steps=1",
                  "method.per_device_train_batch_size=4"]  # fmt: skip
     return _build(ws, "gpt2_shape-uf-sft", overrides)
+
+
+def seed_ours_workspace(root: Path) -> list[str]:
+    """The run.py overrides of the seed job's "ours" side at 512 tokens, 8 steps, with its SFT
+    policy, data file and tokenised data built once in `root` (for scripts that vary how that
+    one run executes: allocators, checkouts)."""
+    ws = SimpleNamespace(root=root)
+    root.mkdir(parents=True, exist_ok=True)
+    args = _seed_ours(ws, _seed_sft(ws), 512, 8, [])
+    if not (root / "warm" / "metrics.json").is_file():
+        run_py(args, root / "warm", root / "warm.log")  # tokenised data into the cache
+    return args
 
 
 def _naive_args(sft: Path, pairs: Path, max_length: int, steps: int, lr: float) -> list[str]:

@@ -30,8 +30,11 @@ class Measured:
     run_dir: Path | None = None
 
 
-def run_measured(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Measured:
-    """Run `args` from the project root to completion; raises with the log path on failure.
+def run_measured(
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Measured:
+    """Run `args` from the project root (or `cwd`: another checkout's) to completion; raises
+    with the log path on failure.
 
     Peak RSS comes from `wait4`: the kernel's maximum resident set of that child alone.
     """
@@ -39,7 +42,7 @@ def run_measured(args: Sequence[str], log: Path, env: dict[str, str] | None = No
     started = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(
-            list(args), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env or child_env()
+            list(args), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env or child_env()
         )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
@@ -66,13 +69,15 @@ def run_py(
     log: Path,
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = (),
+    cwd: Path = ROOT,
 ) -> Measured:
     """`python [LAUNCHER] run.py OVERRIDES` into `run_dir`; its metrics.json comes back with it.
 
-    `launcher` is e.g. `-m accelerate.commands.launch --num_processes 2`.
+    `launcher` is e.g. `-m accelerate.commands.launch --num_processes 2`; `cwd` the checkout
+    whose run.py (and rlhf_exp) runs.
     """
     command = [PYTHON, *launcher, "run.py", *overrides, f"hydra.run.dir={run_dir}"]
-    measured = run_measured(command, log, env=env)
+    measured = run_measured(command, log, env=env, cwd=cwd)
     measured.metrics = json.loads((run_dir / "metrics.json").read_text())
     measured.run_dir = run_dir
     return measured

@@ -7,9 +7,12 @@ a run holds (benchmarks/NOTES.md, "At GPT-2 small's size").
     python benchmarks/step_memory_124m.py 2 512 4 autocast nogc    # 2 x 512, 4 micro-batches
     python benchmarks/step_memory_124m.py 8 512 1 fp32 gc          # the notebook's compute
     python benchmarks/step_memory_124m.py 2 512 1 autocast gc live # + live tensors by kind
+    python benchmarks/step_memory_124m.py 2 512 1 autocast gc composed-gelu
 
 `live`: one more step under torch's memory profiler, and what the tensors alive at its peak
 are (weights, autograd's saved tensors, activations, ...): RSS above that is the allocator's.
+`composed-gelu`: GPT-2's GELU as transformers builds it (eight tensor ops) instead of the
+fused kernel every model loaded by rlhf_exp runs (`fuse_gelu_tanh`; NOTES, "GPT-2's GELU").
 
 One setting per process (peak RSS is the process's); the best of 2 timed steps after a warm-up.
 """
@@ -26,13 +29,19 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+from rlhf_exp.models.loading import fuse_gelu_tanh
+
+OPTIONS = ("live", "composed-gelu")
 PRESET = Path(__file__).resolve().parent.parent / "conf" / "model" / "gpt2_shape.yaml"
 
 
 def main() -> None:
     sequences, tokens, accumulation = (int(a) for a in sys.argv[1:4])
     precision, checkpointing = sys.argv[4], sys.argv[5] == "gc"
-    live = sys.argv[6:] == ["live"]
+    options = set(sys.argv[6:])
+    unknown = options - set(OPTIONS)
+    if unknown:
+        sys.exit(f"unknown options {sorted(unknown)}: choose from {', '.join(OPTIONS)}")
     torch.manual_seed(0)
     shape = OmegaConf.load(PRESET).tiny  # the gpt2_shape preset's own, not a copy of it
     config = GPT2Config(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
@@ -40,7 +49,10 @@ def main() -> None:
                         num_labels=1, pad_token_id=0)  # fmt: skip
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
                       fan_in_fan_out=True, task_type="SEQ_CLS")  # fmt: skip
-    model = get_peft_model(GPT2ForSequenceClassification(config), lora)
+    base = GPT2ForSequenceClassification(config)
+    if "composed-gelu" not in options:
+        fuse_gelu_tanh(base)
+    model = get_peft_model(base, lora)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -63,10 +75,11 @@ def main() -> None:
     seconds = min(_timed(step) for _ in range(2))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = sequences * tokens * accumulation
-    print(f"{precision} checkpointing={checkpointing} {sequences}x{accumulation} of {tokens} "
-          f"tokens: {seconds:.2f} s/step, {n / seconds:.0f} tokens/s, peak RSS {peak:.0f} MB "
-          f"({before:.0f} MB before the first step)")  # fmt: skip
-    if live:
+    gelu = "composed" if "composed-gelu" in options else "fused"
+    print(f"{precision} checkpointing={checkpointing} {gelu} GELU {sequences}x{accumulation} "
+          f"of {tokens} tokens: {seconds:.2f} s/step, {n / seconds:.0f} tokens/s, "
+          f"peak RSS {peak:.0f} MB ({before:.0f} MB before the first step)")  # fmt: skip
+    if "live" in options:
         _live_tensors(step)
 
 

@@ -1,0 +1,71 @@
+"""What a code change does to the seed job: its "ours" side (reward model, LoRA r=8, 512
+tokens, 8 steps; `at_124m`'s seed job) run from another checkout and from this one,
+interleaved. Loop time, peak RSS (wait4) and what the runs learned, into
+benchmarks/results/NAME.json.
+
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/seed_job_ab.py --before /tmp/before --reps 3 --name seed_job_ab_gelu
+
+Each side runs its own run.py and rlhf_exp (a script's directory comes first on sys.path).
+The SFT policy, the UltraFeedback-length file and the tokenised data are built once, by this
+checkout, into the workspace, so both sides train the same model on the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import at_124m  # noqa: E402
+from common import ROOT, Measured, interleaved, machine, run_py, spread, write_json  # noqa: E402
+
+LEARNED = ("train/loss", "eval/accuracy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--workspace", type=Path, default=Path("/tmp/seed_job_ab"))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--name", default="seed_job_ab", help="results/NAME.json")
+    opts = parser.parse_args()
+    if not (opts.before / "run.py").is_file():
+        sys.exit(f"--before {opts.before}: no run.py there; pass a checkout of this repository")
+    args = at_124m.seed_ours_workspace(opts.workspace)
+
+    checkouts = {"before": opts.before.resolve(), "after": ROOT}
+    done = dict.fromkeys(checkouts, 0)
+
+    def runner(side: str) -> Callable[[], Measured]:
+        def run() -> Measured:
+            done[side] += 1
+            run_dir = opts.workspace / f"{side}-{done[side]}"
+            return run_py(args, run_dir, run_dir.with_suffix(".log"), cwd=checkouts[side])
+
+        return run
+
+    runs = interleaved({side: runner(side) for side in checkouts}, opts.reps)
+    results = {
+        side: [
+            {
+                "loop_s": m.metrics["time/train_s"],
+                "peak_rss_mb": m.peak_rss_mb,
+                **{key: m.metrics[key] for key in LEARNED},
+            }
+            for m in ms
+        ]
+        for side, ms in runs.items()
+    }
+    for side, rows in results.items():
+        loops = spread([r["loop_s"] for r in rows])
+        peaks = spread([r["peak_rss_mb"] for r in rows])
+        learned = ", ".join(f"{key} {rows[0][key]:.4g}" for key in LEARNED)
+        print(f"{side:7s} loop s {loops:22s} peak RSS MB {peaks:24s} {learned}")
+    write_json(opts.name, {"machine": machine(), "before": str(opts.before), "runs": results})
+
+
+if __name__ == "__main__":
+    main()
