@@ -448,7 +448,8 @@ def run_training(trainer: Any, ctx: RunContext, eval_on_start: bool = False) -> 
 
 @signals.phase("evaluation")
 def final_eval_metrics(trainer: Any) -> dict[str, float]:
-    """The trained policy's held-out trainer metrics (`eval_loss`, `eval_rewards/*`, ...).
+    """The trained model's held-out trainer metrics (`eval_loss`, `eval_rewards/*`, ...): SFT,
+    reward, DPO and KTO report these.
 
     transformers already evaluates at the last step of a step-based schedule; reuse that
     and evaluate again only if it did not happen.
