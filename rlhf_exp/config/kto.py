@@ -4,6 +4,8 @@
 
 Field names follow TRL's `KTOConfig`. Rows reach TRL already tokenised and cut by the
 project's one rule (`max_length`, `max_completion_length`; rlhf_exp/data/tokens.py).
+`train_batch_tokens` is unused: each micro-batch estimates KTO's KL reference point from its own
+rows, so KTO's micro-batches stay as configured.
 """
 
 from __future__ import annotations

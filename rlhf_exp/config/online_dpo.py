@@ -12,6 +12,8 @@ Inherited `TrainSpec` fields, as this method reads them:
   max_length                   prompt + completion tokens: prompts keep their last
                                max_length - max_completion_length tokens (cut from the left)
   eval_steps, max_eval_samples held-out gold (and RM) reward every eval_steps, as PPO's
+  per_device_eval_batch_size, eval_batch_tokens   unused (sampling uses eval.batch_size)
+  train_batch_tokens           unused (micro-batches: per_device_train_batch_size)
 This module imports no torch (config is validated before anything loads).
 """
 

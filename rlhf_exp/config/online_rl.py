@@ -18,6 +18,8 @@ reach any other option of it. Inherited `TrainSpec` fields, as these methods rea
   eval_steps, max_eval_samples held-out gold (and RM) reward every eval_steps on that many
                                prompts, as PPO's periodic evaluation
   per_device_eval_batch_size   unused (held-out sampling and RM scoring use eval.batch_size)
+  eval_batch_tokens            unused, as per_device_eval_batch_size
+  train_batch_tokens           unused (micro-batches: per_device_train_batch_size)
 This module imports no torch (config is validated before anything loads).
 """
 

@@ -7,6 +7,8 @@ Fields inherited from `TrainSpec` keep their meaning, with PPO's reading of them
   per_device_train_batch_size  micro-batch of one forward/backward in the update
   gradient_accumulation_steps  micro-batches per optimiser step (minibatch = their product)
   per_device_eval_batch_size   batch of reward-model scoring and evaluation sampling
+  eval_batch_tokens            unused (reward-model scoring batches hold <= 4,096 tokens)
+  train_batch_tokens           unused (micro-batches: per_device_train_batch_size)
   max_length                   prompt + response tokens; prompts keep their last
                                max_length - response_length tokens (cut from the left)
   max_completion_length        unused: response_length caps what PPO samples

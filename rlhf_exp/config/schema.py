@@ -48,6 +48,7 @@ SEED_RULES: dict[str, Any] = {"ge": 0, "le": 2**32 - 1, "why": "a seed is a 32-b
 MAX_TOKENS = 2**16
 MAX_BATCH = 2**16
 MAX_ROWS = 10**6
+MAX_BATCH_TOKENS = 2**24  # padded tokens of one batch: 256 sequences of MAX_TOKENS
 TOKENS = "longer sequences would not fit in memory"
 BATCH = "larger batches would not fit in memory"
 ROWS = "more rows would take hours to generate or score"
@@ -182,6 +183,13 @@ class TrainSpec:
     max_steps: int = _f(-1, ge=-1)  # -1: num_train_epochs decides
     per_device_train_batch_size: int = _f(32, ge=1, le=MAX_BATCH, why_high=BATCH)
     per_device_eval_batch_size: int = _f(64, ge=1, le=MAX_BATCH, why_high=BATCH)
+    # Padded tokens per evaluation batch, at most (fewer rows per batch when they are long;
+    # one row always). Held-out scoring by a reward model batches to it too.
+    eval_batch_tokens: int = _f(4096, ge=1, le=MAX_BATCH_TOKENS, why_high=BATCH)
+    # Padded tokens per training micro-batch, at most: long rows are split into more
+    # micro-batches of the same step (per_device_train_batch_size x gradient_accumulation_steps
+    # rows per optimiser step either way).
+    train_batch_tokens: int = _f(4096, ge=1, le=MAX_BATCH_TOKENS, why_high=BATCH)
     gradient_accumulation_steps: int = _f(1, ge=1, le=MAX_BATCH)
     # Token budget (rlhf_exp/data/tokens.py): prompt + completion <= max_length; a completion
     # keeps its first max(max_completion_length, max_length - prompt) tokens, the prompt its

@@ -35,8 +35,10 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.training import (
+    eval_batch_size,
     eval_subset,
     final_eval_metrics,
+    micro_batches,
     reference_policy,
     refuse_multiprocess_precompute,
     rows_for_steps,
@@ -48,12 +50,16 @@ from rlhf_exp.training import (
 log = logging.getLogger(__name__)
 
 
-def dpo_config(spec: DPOSpec, ctx: RunContext) -> DPOConfig:
-    """TRL config: the shared CPU-sane trainer arguments plus DPO's own knobs."""
+def dpo_config(spec: DPOSpec, ctx: RunContext, train: Any, held_out: Any) -> DPOConfig:
+    """TRL config: the shared CPU-sane trainer arguments plus DPO's own knobs, batches sized
+    for the `train` and `held_out` pairs."""
     return trl_config(
         DPOConfig,
         spec,
         ctx,
+        # chosen and rejected go through the model as one batch
+        **micro_batches(train, spec, sequences_per_row=2),
+        per_device_eval_batch_size=eval_batch_size(held_out, spec, sequences_per_row=2),
         beta=spec.beta,
         loss_type=[spec.loss_type],
         label_smoothing=spec.label_smoothing,
@@ -95,12 +101,13 @@ def build_trainer(
         # vocab and pad id as the policy.
         ref_model = load_causal_lm(init, cfg.model, tokenizer=tokenizer).eval()
         ref_model.requires_grad_(False)
+    held_out = eval_subset(test, spec)
     return TokenizedDPOTrainer(
         model=model,
         ref_model=ref_model,
-        args=dpo_config(spec, ctx),
+        args=dpo_config(spec, ctx, train, held_out),
         train_dataset=train,
-        eval_dataset=eval_subset(test, spec),
+        eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=ctx.tracker.trainer_callbacks(),

@@ -56,6 +56,7 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.training import (
+    eval_batch_size,
     eval_subset,
     final_eval_metrics,
     reference_policy,
@@ -237,10 +238,13 @@ def build_trainer(
     if peft_config is None and not spec.precompute_ref_log_probs:
         ref_model = load_causal_lm(init, cfg.model, tokenizer=tokenizer).eval()
         ref_model.requires_grad_(False)
+    held_out = eval_subset(test, spec)
     args = trl_config(
         KTOConfig,
         spec,
         ctx,
+        # the KL rows take a forward of their own
+        per_device_eval_batch_size=eval_batch_size(held_out, spec, sequences_per_row=1),
         # Batches in order: the KL rows are built against it (the rows are shuffled instead).
         train_sampling_strategy="sequential",
         beta=spec.beta,
@@ -256,7 +260,7 @@ def build_trainer(
         ref_model=ref_model,
         args=args,
         train_dataset=train,
-        eval_dataset=eval_subset(test, spec),
+        eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=ctx.tracker.trainer_callbacks(),

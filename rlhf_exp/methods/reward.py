@@ -33,7 +33,15 @@ from rlhf_exp.models import (
     save_merged,
 )
 from rlhf_exp.rewards.model_scorer import RewardModelScorer, pairwise_accuracy
-from rlhf_exp.training import eval_subset, final_eval_metrics, run_training, throughput, trl_config
+from rlhf_exp.training import (
+    eval_batch_size,
+    eval_subset,
+    final_eval_metrics,
+    micro_batches,
+    run_training,
+    throughput,
+    trl_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +60,24 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     knobs = "method.max_length / method.max_completion_length"
     require_rows(train, "pref_train", knobs)
     require_rows(test, "pref_test", knobs)
+    pairs = joined(train.dataset)
+    held_out = eval_subset(joined(test.dataset), spec)
 
     args = trl_config(
         RewardConfig,
         spec,
         ctx,
+        # chosen and rejected go through the model as one batch
+        **micro_batches(pairs, spec, sequences_per_row=2),
+        per_device_eval_batch_size=eval_batch_size(held_out, spec, sequences_per_row=2),
         max_length=spec.max_length,  # rows already fit it: TRL's length filter drops nothing
         center_rewards_coefficient=spec.center_rewards_coefficient,
     )
     trainer = RewardTrainer(
         model=model,
         args=args,
-        train_dataset=joined(train.dataset),
-        eval_dataset=eval_subset(joined(test.dataset), spec),
+        train_dataset=pairs,
+        eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.model, cfg.lora, "SEQ_CLS", model=model),
         callbacks=ctx.tracker.trainer_callbacks(),
@@ -77,6 +90,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         tokenizer,
         TokenBudget(spec.max_length, spec.max_completion_length),
         spec.per_device_eval_batch_size,
+        spec.eval_batch_tokens,
     )
     with compute_precision(cfg.model.precision):
         before = pairwise_accuracy(scorer, test.dataset)

@@ -27,7 +27,15 @@ from rlhf_exp.models import (
     lora_config,
     save_merged,
 )
-from rlhf_exp.training import eval_subset, final_eval_metrics, run_training, throughput, trl_config
+from rlhf_exp.training import (
+    eval_batch_size,
+    eval_subset,
+    final_eval_metrics,
+    micro_batches,
+    run_training,
+    throughput,
+    trl_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +55,14 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
             "or more than one sft row)"
         )
     train = ctx.tokenize(task.sft_train, "sft", tokenizer, "sft_train").dataset
-    held_out = ctx.tokenize(task.sft_eval, "sft", tokenizer, "sft_eval").dataset
+    held_out = eval_subset(ctx.tokenize(task.sft_eval, "sft", tokenizer, "sft_eval").dataset, spec)
 
     args = trl_config(
         SFTConfig,
         spec,
         ctx,
+        **micro_batches(train, spec, sequences_per_row=1),
+        per_device_eval_batch_size=eval_batch_size(held_out, spec, sequences_per_row=1),
         max_length=spec.max_length,  # rows already fit it (input_ids + completion_mask)
         completion_only_loss=spec.completion_only_loss,
         packing=False,
@@ -61,7 +71,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=eval_subset(held_out, spec),
+        eval_dataset=held_out,
         processing_class=tokenizer,
         peft_config=lora_config(cfg.model, cfg.lora, "CAUSAL_LM", model=model),
         callbacks=ctx.tracker.trainer_callbacks(),

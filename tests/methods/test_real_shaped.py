@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer
 
+from rlhf_exp.config.schema import MAX_BATCH_TOKENS
 from rlhf_exp.data.synthetic_dialogues import hh_like_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -171,3 +172,69 @@ def test_pairs_that_all_tie_stop_with_one_line(tmp_path):
     assert "pairs have the same text as chosen and rejected" in line
     assert (run_dir / "metrics.json").is_file()  # the failure is recorded...
     assert not (run_dir / "model").exists()  # ...and no reward model was trained or saved
+
+
+def forwards_inside(monkeypatch, phase: str, grad: bool) -> list[int]:
+    """Padded tokens of every forward of a trainer's model inside `Trainer.<phase>` (train,
+    evaluate) with gradients on or off: what one batch or micro-batch holds."""
+    forwards: list[int] = []
+    wrapped = getattr(Trainer, phase)
+
+    def recorded(self: Trainer, *args, **kwargs):
+        def record(module, args, kwargs):
+            if torch.is_grad_enabled() == grad:
+                forwards.append(kwargs["input_ids"].numel())
+
+        handle = self.model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            return wrapped(self, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(Trainer, phase, recorded)
+    return forwards
+
+
+def short_run(method: str, data: Path) -> list[str]:
+    return [f"method={method}", "method.max_steps=2", "method.max_eval_samples=16"] + [
+        "eval.num_prompts=4",
+        *files_overrides(data),
+    ]
+
+
+@pytest.mark.parametrize("method", ["reward", "dpo"])
+def test_long_held_out_rows_are_evaluated_in_batches_within_the_token_budget(
+    run_method, tmp_path, monkeypatch, method
+):
+    """At 192-token rows a pair is 384 tokens, so 1,024 tokens hold 2 pairs, not the default
+    64. The same trained model then gets the same held-out loss as in bigger batches."""
+    args = short_run(method, dialogue_file(tmp_path / "hh.jsonl"))
+    default, _, _, _ = run_method(*args)  # before recording: upstream stages evaluate too
+    forwards = forwards_inside(monkeypatch, "evaluate", grad=False)
+    capped, _, _, _ = run_method(*args, "method.eval_batch_tokens=1024")
+    assert forwards and max(forwards) <= 1024
+    assert max(forwards) > 384  # two pairs per batch where they fit, not one
+    assert len(forwards) >= 16 // 2  # every held-out pair evaluated
+    assert capped["eval/loss"] == pytest.approx(default["eval/loss"], rel=1e-4)
+    assert capped["train/loss"] == default["train/loss"]  # the same training
+
+
+@pytest.mark.parametrize("method", ["sft", "reward", "dpo"])
+def test_long_training_rows_are_split_into_micro_batches_within_the_token_budget(
+    run_method, tmp_path, monkeypatch, method
+):
+    """1,024 tokens hold 5 rows of 192 tokens, or 2 pairs: each step's rows (SFT 32, reward
+    and DPO 32 pairs) go through in more, smaller micro-batches, and the run learns what it
+    learns in whole ones."""
+    args = short_run(method, dialogue_file(tmp_path / "hh.jsonl"))
+    whole, _, _, _ = run_method(*args, f"method.train_batch_tokens={MAX_BATCH_TOKENS}")
+    forwards = forwards_inside(monkeypatch, "train", grad=True)
+    split, _, _, _ = run_method(*args, "method.train_batch_tokens=1024")
+    assert forwards and max(forwards) <= 1024
+    assert len(forwards) >= 2 * 32 // 5  # 2 steps, at most 5 rows per forward
+    # reward and DPO train without dropout: the same steps to rounding. SFT keeps GPT-2's
+    # dropout, whose masks follow the micro-batch shapes: the same loss to its noise (a
+    # loss averaged wrongly over the micro-batches would be off by their count, 8x or 16x)
+    tolerance = 1e-2 if method == "sft" else 1e-4
+    assert split["train/loss"] == pytest.approx(whole["train/loss"], rel=tolerance)
+    assert split["eval/loss"] == pytest.approx(whole["eval/loss"], rel=tolerance)
