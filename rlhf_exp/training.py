@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pyarrow.compute as pc
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -127,10 +128,17 @@ def longest_sequence(rows: Any, max_length: int) -> int:
             f"no token-id column among {rows.column_names}; expected one of "
             f"{', '.join(_SEQUENCE_COLUMNS)}"
         )
-    longest = max((len(ids) for c in columns for ids in rows[c]), default=1)
+    longest = max(max(_longest_list(rows, c) for c in columns), 1)
     if "prompt_ids" in rows.column_names:
-        longest += max((len(ids) for ids in rows["prompt_ids"]), default=0)
+        longest += _longest_list(rows, "prompt_ids")
     return min(longest, max_length)
+
+
+def _longest_list(rows: Any, column: str) -> int:
+    """Length of the longest token-id list in `column`, read from Arrow: a training split's
+    ids never become Python lists (millions of ints on real data)."""
+    lengths = pc.list_value_length(rows.with_format("arrow")[column])
+    return pc.max(lengths).as_py() or 0
 
 
 def micro_batches(rows: Any, spec: TrainSpec, sequences_per_row: int) -> dict[str, int]:
