@@ -180,9 +180,9 @@ def eval_batch_size(rows: Any, spec: TrainSpec, sequences_per_row: int) -> int:
     longest `rows` (each `sequences_per_row` sequences in one forward: 2 for a reward model's
     or DPO's pair) would pad a batch past `eval_batch_tokens` tokens; at least one row.
 
-    Evaluation pads each batch to its longest row, and a fixed row count that suits short rows
-    holds 16x the tokens at 512-token dialogues: at 124M, 64 pairs per batch made evaluation
-    the run's peak (3.7 GB against 1.6 GB in training) and was slower than 4 (benchmarks/NOTES.md).
+    Evaluation pads each batch to its longest row: 64 pairs of 512-token dialogues are 65,536
+    tokens in one forward. At 124M that made evaluation the run's peak (3.6 GB against 1.7 GB
+    with this cap) and its loop 1.48x slower (benchmarks/NOTES.md).
     """
     longest = longest_sequence(rows, spec.max_length)
     rows_fit = max(1, spec.eval_batch_tokens // (sequences_per_row * longest))
