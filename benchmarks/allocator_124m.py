@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import at_124m  # noqa: E402
-from common import Measured, child_env, interleaved, machine, run_py, write_json  # noqa: E402
+from common import Measured, child_env, interleaved_in, machine, run_py, write_json  # noqa: E402
 
 
 def _fixed_mmap_threshold(mib: int) -> dict[str, str]:
@@ -69,18 +69,11 @@ def main() -> None:
         sys.exit(f"no {JEMALLOC}: install Debian's libjemalloc2")
     args = at_124m.seed_ours_workspace(opts.workspace)
 
-    done = {name: 0 for name in VARIANTS}
+    def runner(name: str) -> Callable[[Path], Measured]:
+        env = child_env(**VARIANTS[name])
+        return lambda run_dir: run_py(args, run_dir, run_dir.with_suffix(".log"), env=env)
 
-    def runner(name: str) -> Callable[[], Measured]:
-        def run() -> Measured:
-            done[name] += 1
-            run_dir = opts.workspace / f"{name}-{done[name]}"
-            env = child_env(**VARIANTS[name])
-            return run_py(args, run_dir, run_dir.with_suffix(".log"), env=env)
-
-        return run
-
-    runs = interleaved({name: runner(name) for name in chosen}, opts.reps)
+    runs = interleaved_in(opts.workspace, {name: runner(name) for name in chosen}, opts.reps)
     results = {
         name: [{"loop_s": m.metrics["time/train_s"], "peak_rss_mb": m.peak_rss_mb} for m in ms]
         for name, ms in runs.items()

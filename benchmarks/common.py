@@ -98,6 +98,23 @@ def interleaved(
     return out
 
 
+def interleaved_in(
+    workspace: Path, settings: dict[str, Callable[[Path], Measured]], reps: int
+) -> dict[str, list[Measured]]:
+    """`interleaved`, each run given a run dir of its own: `workspace/NAME-N`, N counting that
+    setting's runs from 1."""
+    done = dict.fromkeys(settings, 0)
+
+    def numbered(name: str) -> Callable[[], Measured]:
+        def run() -> Measured:
+            done[name] += 1
+            return settings[name](workspace / f"{name}-{done[name]}")
+
+        return run
+
+    return interleaved({name: numbered(name) for name in settings}, reps)
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import at_124m  # noqa: E402
-from common import Measured, interleaved, machine, run_py, spread, write_json  # noqa: E402
+from common import Measured, interleaved_in, machine, run_py, spread, write_json  # noqa: E402
 
 from rlhf_exp.config.schema import MAX_BATCH_TOKENS  # noqa: E402
 
@@ -40,17 +40,15 @@ def main() -> None:
     seed = at_124m.seed_ours_workspace(opts.workspace)
     args = [a for a in seed if not a.startswith(SEED_EVAL)]
     args.append(f"method.max_eval_samples={EVAL_PAIRS}")
-    done = dict.fromkeys(VARIANTS, 0)
 
-    def runner(name: str) -> Callable[[], Measured]:
-        def run() -> Measured:
-            done[name] += 1
-            run_dir = opts.workspace / "eval_batch" / f"{name}-{done[name]}"
-            return run_py([*args, *VARIANTS[name]], run_dir, run_dir.with_suffix(".log"))
+    def runner(extra: list[str]) -> Callable[[Path], Measured]:
+        return lambda run_dir: run_py([*args, *extra], run_dir, run_dir.with_suffix(".log"))
 
-        return run
-
-    runs = interleaved({name: runner(name) for name in VARIANTS}, opts.reps)
+    runs = interleaved_in(
+        opts.workspace / "eval_batch",
+        {name: runner(extra) for name, extra in VARIANTS.items()},
+        opts.reps,
+    )
     results = {
         name: [
             {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import at_124m  # noqa: E402
-from common import ROOT, Measured, interleaved, machine, run_py, spread, write_json  # noqa: E402
+from common import ROOT, Measured, interleaved_in, machine, run_py, spread, write_json  # noqa: E402
 
 LEARNED = ("train/loss", "eval/accuracy")
 
@@ -37,17 +37,13 @@ def main() -> None:
     args = at_124m.seed_ours_workspace(opts.workspace)
 
     checkouts = {"before": opts.before.resolve(), "after": ROOT}
-    done = dict.fromkeys(checkouts, 0)
 
-    def runner(side: str) -> Callable[[], Measured]:
-        def run() -> Measured:
-            done[side] += 1
-            run_dir = opts.workspace / f"{side}-{done[side]}"
-            return run_py(args, run_dir, run_dir.with_suffix(".log"), cwd=checkouts[side])
+    def runner(checkout: Path) -> Callable[[Path], Measured]:
+        return lambda run_dir: run_py(args, run_dir, run_dir.with_suffix(".log"), cwd=checkout)
 
-        return run
-
-    runs = interleaved({side: runner(side) for side in checkouts}, opts.reps)
+    runs = interleaved_in(
+        opts.workspace, {side: runner(path) for side, path in checkouts.items()}, opts.reps
+    )
     results = {
         side: [
             {

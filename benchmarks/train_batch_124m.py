@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import at_124m  # noqa: E402
-from common import PYTHON, interleaved, machine, run_measured, spread, write_json  # noqa: E402
+from common import PYTHON, interleaved_in, machine, run_measured, spread, write_json  # noqa: E402
 
 from rlhf_exp.config.schema import MAX_BATCH_TOKENS  # noqa: E402
 
@@ -53,12 +53,9 @@ def main() -> None:
         *at_124m.QUIET,
     ]
     limit = ["prlimit", f"--as={opts.address_space_gb << 30}"]
-    done = dict.fromkeys(VARIANTS, 0)
 
-    def runner(name: str) -> Callable[[], Any]:
-        def run() -> Any:
-            done[name] += 1
-            run_dir = opts.workspace / "train_batch" / f"{name}-{done[name]}"
+    def runner(name: str) -> Callable[[Path], Any]:
+        def run(run_dir: Path) -> Any:
             command = [*limit, PYTHON, "run.py", *args, *VARIANTS[name]]
             command.append(f"hydra.run.dir={run_dir}")
             try:
@@ -71,7 +68,9 @@ def main() -> None:
 
         return run
 
-    runs = interleaved({name: runner(name) for name in VARIANTS}, opts.reps)
+    runs = interleaved_in(
+        opts.workspace / "train_batch", {name: runner(name) for name in VARIANTS}, opts.reps
+    )
     results: dict[str, list[dict[str, Any]]] = {}
     for name, ms in runs.items():
         results[name] = [
