@@ -136,33 +136,29 @@ def completion_logprobs(
     model: Any, rollout: Any, *, temperature: float, pad_id: int, batch_size: int = 64
 ) -> Any:
     """Log-prob of every response token of `rollout` under `model` at `temperature`: a (B, R)
-    tensor, 0 after each response's end (`rlhf_exp.rl.token_logprobs`, batch by batch).
+    tensor, 0 after each response's end (`rlhf_exp.rl.token_logprobs`, `batch_size` rows at a
+    time, sorted by prompt length and cut of their shared padding: `rlhf_exp.rl.by_length`).
 
     Positions count the real tokens of left-padded rows, as `generate` assigned them, and PAD
     is suppressed as in sampling, so a model scored on its own samples reproduces their
     log-probs.
     """
-    import torch
+    from rlhf_exp.rl import by_rows, token_logprobs
 
-    from rlhf_exp.rl import token_logprobs
+    response_ids, T = rollout.response_ids, temperature
+
+    def forward(rows, input_ids, attention_mask):
+        return (token_logprobs(model, input_ids, attention_mask, response_ids[rows], T, pad_id),)
 
     was_training = model.training
     model.eval()
     try:
-        parts = [
-            token_logprobs(
-                model,
-                rollout.input_ids[s : s + batch_size],
-                rollout.attention_mask[s : s + batch_size],
-                rollout.response_ids[s : s + batch_size],
-                temperature,
-                pad_id,
-            )
-            for s in range(0, rollout.response_ids.shape[0], batch_size)
-        ]
+        (logps,) = by_rows(
+            forward, rollout.input_ids, rollout.attention_mask, response_ids.shape[1], batch_size
+        )
     finally:
         model.train(was_training)
-    return torch.cat(parts).masked_fill(~rollout.response_mask.bool(), 0.0)
+    return logps.masked_fill(~rollout.response_mask.bool(), 0.0)
 
 
 def sequence_kl(policy_logps: Any, reference_logps: Any, mask: Any) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """RL building blocks every method and the evaluation share, on tensors (imports only torch):
-masked statistics, per-token log-probs of a response as the sampler drew it, entropy, and the
-KL estimators.
+masked statistics, per-token log-probs of a response as the sampler drew it, entropy, the KL
+estimators, and forwards over left-padded rows in length-sorted chunks.
 
     python -c "import torch; from rlhf_exp.rl import kl_estimate; \
 print(kl_estimate(torch.tensor([-1.0]), torch.tensor([-2.0]), 'k3'))"
@@ -10,6 +10,8 @@ tokens (the first EOS included) and 0 on the padding after it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -124,3 +126,47 @@ def token_logprobs(
         use_cache=False,
     ).logits[:, :-1]
     return response_logprobs(logits, response_ids, temperature, pad_id)
+
+
+# ------------------------------------------------------------------ batches of left-padded rows
+def by_length(
+    attention_mask: torch.Tensor, n_response: int, rows: int
+) -> list[tuple[torch.Tensor, int]]:
+    """Chunks of at most `rows` rows, shortest prompts first, each with the first column that is
+    not padding in all of its rows: `(row indices, first column)`.
+
+    Prompts are left-padded to the longest of the rollout, so with real data (a few long
+    dialogues among short ones) most of a random chunk's columns are padding. Sorted chunks cut
+    from their first real column hold the same tokens at the same positions (`position_ids`
+    follow the attention mask), in a fraction of the padded width.
+    """
+    width = attention_mask.shape[1] - n_response
+    prompt_tokens = attention_mask[:, :width].sum(1)
+    order = torch.sort(prompt_tokens, stable=True).indices
+    chunks = []
+    for start in range(0, len(order), rows):
+        idx = order[start : start + rows]
+        chunks.append((idx, width - int(prompt_tokens[idx].max())))
+    return chunks
+
+
+def by_rows(
+    forward: Callable[..., tuple[torch.Tensor, ...]],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_response: int,
+    rows: int,
+) -> tuple[torch.Tensor, ...]:
+    """`forward(row indices, input_ids, attention_mask)` over the `by_length` chunks, its
+    outputs (each (b, ...)) put back in row order."""
+    chunks = [
+        (idx, forward(idx, input_ids[idx, first:], attention_mask[idx, first:]))
+        for idx, first in by_length(attention_mask, n_response, rows)
+    ]
+    merged = []
+    for k, head in enumerate(chunks[0][1]):
+        out = head.new_empty((input_ids.shape[0], *head.shape[1:]))
+        for idx, outputs in chunks:
+            out[idx] = outputs[k]
+        merged.append(out)
+    return tuple(merged)

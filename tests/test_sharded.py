@@ -82,7 +82,9 @@ def _fill_cache(common: list[str], tmp_path: Path) -> None:
         # TRL's precomputation reads the main process's temporary files (README). LoRA merged
         # from FSDP's slices is saved in the resume test below
         ("dpo", ["method.precompute_ref_log_probs=false", "lora=default"], ("zero3",)),
-        ("ppo", [], ("fsdp", "zero3")),  # our loop: policy, critic, sharded frozen reference
+        # our loop: policy, critic, sharded frozen reference; minibatches of 32 rows in 8
+        # micro-batches of 4 (256 tokens hold 4 rows here), as long prompts split them
+        ("ppo", ["method.train_batch_tokens=256"], ("fsdp", "zero3")),
     ],
     ids=["sft", "dpo-lora", "ppo"],
 )

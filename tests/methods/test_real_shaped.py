@@ -238,3 +238,44 @@ def test_long_training_rows_are_split_into_micro_batches_within_the_token_budget
     tolerance = 1e-2 if method == "sft" else 1e-4
     assert split["train/loss"] == pytest.approx(whole["train/loss"], rel=tolerance)
     assert split["eval/loss"] == pytest.approx(whole["eval/loss"], rel=tolerance)
+
+
+def test_ppo_splits_long_prompts_into_micro_batches_within_the_token_budget(
+    run_method, tmp_path, monkeypatch
+):
+    """At a 192-token budget a rollout row is up to 192 tokens, so 1,024 tokens hold 5: each
+    32-row minibatch trains in micro-batches of 4 (the largest divisor of 32 that fits), and
+    the iteration learns what it learns in whole ones."""
+    from rlhf_exp.methods.ppo.trainer import PPOTrainer
+
+    args = [
+        "method=ppo",
+        "method.max_steps=1",
+        "method.rollout_batch_size=32",
+        "method.ppo_epochs=2",
+        "eval.num_prompts=4",
+        *files_overrides(dialogue_file(tmp_path / "hh.jsonl")),
+    ]
+    whole, _, _, _ = run_method(*args, f"method.train_batch_tokens={MAX_BATCH_TOKENS}")
+    forwards: list[tuple[int, int]] = []
+    update = PPOTrainer.update
+
+    def recorded(self, batch):
+        hook = self.unwrapped.policy.register_forward_pre_hook(
+            lambda module, a, kw: forwards.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+        )
+        try:
+            return update(self, batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(PPOTrainer, "update", recorded)
+    split, _, _, _ = run_method(*args, "method.train_batch_tokens=1024")
+    assert forwards and all(rows * width <= 1024 for rows, width in forwards)
+    assert len(forwards) == 2 * 32 // 4  # 2 epochs of the rollout's 32 rows, 4 at a time
+    assert split["objective/scores"] == whole["objective/scores"]  # the same rollout
+    # the same iteration to rounding (advantages are whitened, so the policy loss sits near
+    # zero: compared absolutely)
+    assert split["val/vf_loss"] == pytest.approx(whole["val/vf_loss"], rel=1e-3)
+    assert split["policy/pg_loss"] == pytest.approx(whole["policy/pg_loss"], abs=1e-4)
+    assert split["policy/approxkl"] == pytest.approx(whole["policy/approxkl"], abs=1e-4)

@@ -3,10 +3,11 @@
     batch = collect(models, prompts, spec, kl_coef, ...)   # one iteration's experience
 
 Per iteration and process: sample `rollout_batch_size` responses with the KV cache (their
-log-probs come from the sampling scores, so there is no extra policy pass), then one
-reference forward and one critic forward (with the value-head critic the critic forward is a
+log-probs come from the sampling scores, so there is no extra policy pass), then a
+reference forward and a critic forward (with the value-head critic the critic forward is a
 policy forward, whose log-probs are then used), score each prompt+response, and turn it all
-into per-token rewards, advantages and returns (`core.py`).
+into per-token rewards, advantages and returns (`core.py`). The forwards here and in the update
+take rows sorted by prompt length and cut of their shared padding (`rl.by_length`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
 from rlhf_exp import rl
 from rlhf_exp.config.ppo import PPOSpec
-from rlhf_exp.generation import generate
+from rlhf_exp.data.tokens import fit_prompts
+from rlhf_exp.generation import generate, max_positions
 from rlhf_exp.methods.ppo import core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
 
@@ -65,8 +68,19 @@ class Batch:
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor  # (B, R)
 
-    def select(self, idx: torch.Tensor) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+    def select(self, idx: torch.Tensor, first_column: int = 0) -> Batch:
+        """Rows `idx`; prompt + response columns from `first_column` on (`rl.by_length`)."""
+        rows = {f.name: getattr(self, f.name)[idx] for f in fields(self)}
+        for name in ("input_ids", "attention_mask"):
+            rows[name] = rows[name][:, first_column:]
+        return Batch(**rows)
+
+
+def longest_row(tokenizer: Any, prompts: Sequence[str], spec: PPOSpec, model: Any) -> int:
+    """Prompt + response tokens of the longest row a rollout of `prompts` can hold: prompts
+    cut from the left as `generate` cuts them."""
+    cut = min(spec.max_length, max_positions(model)) - spec.response_length
+    return max(len(ids) for ids in fit_prompts(tokenizer, prompts, cut)) + spec.response_length
 
 
 @torch.no_grad()
@@ -79,8 +93,10 @@ def collect(
     spec: PPOSpec,
     kl_coef: float,
     device: torch.device,
+    micro_rows: int,
 ) -> tuple[Batch, dict[str, torch.Tensor]]:
-    """Experience for `prompts` and its per-sequence statistics (each (B,), for logging)."""
+    """Experience for `prompts` and its per-sequence statistics (each (B,), for logging).
+    The reference and critic forwards take `micro_rows` rows at a time (`rl.by_length`)."""
     policy = model.policy
     rollout = generate(
         policy,
@@ -99,20 +115,28 @@ def collect(
     R = response_ids.shape[1]
 
     pad_id = tokenizer.pad_token_id
-    ref_logprobs = reference.logprobs(
-        policy, input_ids, attention_mask, response_ids, spec.temperature, pad_id
-    )
+    T = spec.temperature
+
+    def ref_forward(rows, ids, attention):
+        return (reference.logprobs(policy, ids, attention, response_ids[rows], T, pad_id),)
+
+    (ref_logprobs,) = rl.by_rows(ref_forward, input_ids, attention_mask, R, micro_rows)
     logprobs = rollout.logprobs.to(device)
     if model.critic is None:
         # value head on the trunk: the critic forward is a policy forward; its log-probs
         # are the full-forward ones the update recomputes, so use them (same cost)
+        def policy_forward(rows, ids, attention):
+            logits, values = model(ids, attention, R)
+            return rl.response_logprobs(logits, response_ids[rows], T, pad_id), values
 
-        logits, values = model(input_ids, attention_mask, R)
-        logprobs = rl.response_logprobs(logits, response_ids, spec.temperature, pad_id)
+        logprobs, values = rl.by_rows(policy_forward, input_ids, attention_mask, R, micro_rows)
     else:
         from rlhf_exp.methods.ppo.models import critic_values
 
-        values = critic_values(model.critic, input_ids, attention_mask, R)
+        def critic_forward(rows, ids, attention):
+            return (critic_values(model.critic, ids, attention, R),)
+
+        (values,) = rl.by_rows(critic_forward, input_ids, attention_mask, R, micro_rows)
     values = values * mask
 
     scores = torch.tensor(score_fn(prompts, rollout.texts), dtype=torch.float, device=device)

@@ -31,9 +31,10 @@ from rlhf_exp.errors import Interrupted, NonFiniteError
 from rlhf_exp.memory import release_freed_memory
 from rlhf_exp.methods.ppo import checkpoint, core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
-from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect
-from rlhf_exp.rl import response_logprobs
+from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect, longest_row
+from rlhf_exp.rl import by_length, response_logprobs
 from rlhf_exp.sharding import is_sharded, whole_weights
+from rlhf_exp.training import fitting_micro_batch
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,25 @@ class PPOTrainer:
             weight_decay=spec.weight_decay,
             fused=True,
         )
-        micro = spec.per_device_train_batch_size
-        self.minibatches = spec.rollout_batch_size // (micro * spec.gradient_accumulation_steps)
+        per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
+        self.minibatches = spec.rollout_batch_size // per_step
+        # rows per forward: fewer than per_device_train_batch_size when the prompts are long
+        longest = longest_row(tokenizer, prompts, spec, model.policy)
+        micro = self.micro_rows = fitting_micro_batch(spec, longest)
+        if micro < spec.per_device_train_batch_size:
+            log.info(
+                "ppo: %d rows per optimiser step as %d micro-batches of %d, not %d of %d: a "
+                "micro-batch holds at most method.train_batch_tokens=%d padded tokens, and a "
+                "row is up to %d",
+                per_step,
+                per_step // micro,
+                micro,
+                spec.gradient_accumulation_steps,
+                spec.per_device_train_batch_size,
+                spec.train_batch_tokens,
+                longest,
+            )
+        accelerator.gradient_accumulation_steps = per_step // micro
         updates = total_steps * spec.ppo_epochs * self.minibatches
         # stepped by hand once per optimiser step (a prepared scheduler would step once per
         # process per call), so its state is the same on every process and in a checkpoint
@@ -242,6 +260,7 @@ class PPOTrainer:
                 spec,
                 self.kl_ctl.value,
                 acc.device,
+                self.micro_rows,
             )
         release_freed_memory()  # generation's caches, before the update's activations
         t1 = time.perf_counter()
@@ -274,9 +293,10 @@ class PPOTrainer:
         return metrics
 
     def update(self, batch) -> dict[str, torch.Tensor]:
-        """`ppo_epochs` passes over shuffled minibatches; means of the per-micro-batch stats."""
+        """`ppo_epochs` passes over shuffled minibatches; the stats are token means over each
+        minibatch, averaged over the minibatches."""
         spec, acc = self.spec, self.accelerator
-        micro, B = spec.per_device_train_batch_size, batch.mask.shape[0]
+        B, per_step = batch.mask.shape[0], self.micro_rows * acc.gradient_accumulation_steps
         n_response = batch.response_ids.shape[1]
         pad_id = self.tokenizer.pad_token_id
         sums: dict[str, torch.Tensor] = {}
@@ -284,13 +304,19 @@ class PPOTrainer:
         first: dict[str, torch.Tensor] = {}
         for epoch in range(spec.ppo_epochs):
             # a fresh shuffle each epoch (torch global RNG: per process, checkpointed)
-            order = torch.randperm(B)
-            for mb_start in range(0, B, micro * spec.gradient_accumulation_steps):
+            order = torch.randperm(B).to(batch.mask.device)
+            for mb_start in range(0, B, per_step):
                 mb_first = epoch == 0 and mb_start == 0
-                for start in range(
-                    mb_start, mb_start + micro * spec.gradient_accumulation_steps, micro
+                rows = order[mb_start : mb_start + per_step]
+                tokens = batch.mask[rows].sum().clamp(min=1)
+                # the minibatch's rows by length: its micro-batches pad to their own longest
+                for idx, first_column in by_length(
+                    batch.attention_mask[rows], n_response, self.micro_rows
                 ):
-                    mb = batch.select(order[start : start + micro].to(batch.mask.device))
+                    mb = batch.select(rows[idx], first_column)
+                    # the loss is the minibatch's token mean however it is split: accelerate
+                    # (or DeepSpeed) divides by the micro-batches, the share weighs by tokens
+                    share = mb.mask.sum() / tokens
                     with acc.accumulate(self.model):
                         logits, values = self.model(mb.input_ids, mb.attention_mask, n_response)
                         logprobs = response_logprobs(
@@ -303,7 +329,7 @@ class PPOTrainer:
                             values, mb.values, mb.returns, mb.mask, spec.cliprange_value
                         )
                         loss = pg_loss + spec.vf_coef * vf_loss
-                        acc.backward(loss)
+                        acc.backward(loss * share * acc.gradient_accumulation_steps)
                         if acc.sync_gradients:
                             acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
                         self.optimizer.step()
@@ -328,7 +354,7 @@ class PPOTrainer:
                         }
                         for k, v in checks.items():  # worst over the minibatch's micro-batches
                             first[k] = torch.maximum(first.get(k, v), v)
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0) + v
-                    count += 1
+                    for k, v in stats.items():  # token means over the minibatch
+                        sums[k] = sums.get(k, 0) + v * share
+                count += 1
         return {k: v / count for k, v in sums.items()} | first
