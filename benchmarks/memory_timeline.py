@@ -11,6 +11,8 @@ command's own process is sampled, not its children.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import threading
 import time
@@ -44,17 +46,20 @@ def main() -> None:
         env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     phase = ["(start)"]
 
     def follow_output() -> None:
+        # Raw reads, not lines: a progress bar writes "\r" before each redraw, so a line reader
+        # would hand over each redraw only when the next one starts, and every step's memory
+        # would be put down to the step before it
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            # progress bars redraw with \r: the newest redraw names the phase
-            line = raw.rstrip("\n").split("\r")[-1].strip()
-            if line:
-                phase[0] = line[:120]
+        pending = b""
+        while chunk := os.read(proc.stdout.fileno(), 1 << 16):
+            *done, pending = re.split(rb"[\r\n]", pending + chunk)
+            texts = [t.strip() for t in (*done, pending) if t.strip()]
+            if texts:
+                phase[0] = texts[-1].decode(errors="replace")[:120]
 
     threading.Thread(target=follow_output, daemon=True).start()
     started = time.perf_counter()
