@@ -138,6 +138,24 @@ def seed_ours_workspace(root: Path) -> list[str]:
     return args
 
 
+def ppo_long_prompts_workspace(root: Path) -> list[str]:
+    """The run.py overrides of PPO at 124M on UltraFeedback-length prompts (512-token budget,
+    one iteration of the method's defaults: 64 prompts, 4 epochs), from the seed job's SFT
+    policy and reward model, built once in `root` (`seed_ours_workspace`)."""
+    seed_ours_workspace(root)
+    ws = SimpleNamespace(root=root)
+    return [
+        *_base(ws),
+        *_seed_data(ws),
+        *_budget(512),
+        "method=ppo",
+        "method.max_steps=1",
+        f"upstream.sft.path={_seed_sft(ws)}",
+        f"upstream.reward.path={root / 'warm' / 'model'}",
+        *QUIET,
+    ]
+
+
 def _naive_args(sft: Path, pairs: Path, max_length: int, steps: int, lr: float) -> list[str]:
     return [
         "reward",
