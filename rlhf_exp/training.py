@@ -172,7 +172,7 @@ def micro_batches(rows: Any, spec: TrainSpec, sequences_per_row: int) -> dict[st
     return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": per_step // micro}
 
 
-def fitting_micro_batch(spec: Any, longest_tokens: int) -> int:
+def fitting_micro_batch(spec: TrainSpec, longest_tokens: int) -> int:
     """Rows per micro-batch: `per_device_train_batch_size`, or the largest size that divides
     the optimiser step's rows and keeps rows of `longest_tokens` padded tokens within
     `train_batch_tokens` (one row at least). The step keeps its rows either way."""
