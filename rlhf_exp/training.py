@@ -155,32 +155,34 @@ def micro_batches(rows: Any, spec: TrainSpec, sequences_per_row: int) -> dict[st
     """
     per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
     longest = longest_sequence(rows, spec.max_length)
-    micro = fitting_micro_batch(spec, sequences_per_row * longest)
-    if micro < spec.per_device_train_batch_size:
-        log.info(
-            "training: %d rows per step as %d micro-batches of %d, not %d of %d: a micro-batch "
-            "holds at most method.train_batch_tokens=%d padded tokens, and a row is up to %d x %d",
-            per_step,
-            per_step // micro,
-            micro,
-            spec.gradient_accumulation_steps,
-            spec.per_device_train_batch_size,
-            spec.train_batch_tokens,
-            sequences_per_row,
-            longest,
-        )
+    micro = fitting_micro_batch(
+        spec, sequences_per_row * longest, f"{sequences_per_row} x {longest}"
+    )
     return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": per_step // micro}
 
 
-def fitting_micro_batch(spec: TrainSpec, longest_tokens: int) -> int:
+def fitting_micro_batch(spec: TrainSpec, longest_tokens: int, row: str) -> int:
     """Rows per micro-batch: `per_device_train_batch_size`, or the largest size that divides
     the optimiser step's rows and keeps rows of `longest_tokens` padded tokens within
-    `train_batch_tokens` (one row at least). The step keeps its rows either way."""
+    `train_batch_tokens` (one row at least). The step keeps its rows either way; a split is
+    logged in one line, `row` saying how long a row is."""
     per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
     fit = max(1, spec.train_batch_tokens // longest_tokens)
     if fit >= spec.per_device_train_batch_size:
         return spec.per_device_train_batch_size
-    return max(size for size in range(1, fit + 1) if per_step % size == 0)
+    micro = max(size for size in range(1, fit + 1) if per_step % size == 0)
+    log.info(
+        "training: %d rows per step as %d micro-batches of %d, not %d of %d: a micro-batch "
+        "holds at most method.train_batch_tokens=%d padded tokens, and a row is up to %s",
+        per_step,
+        per_step // micro,
+        micro,
+        spec.gradient_accumulation_steps,
+        spec.per_device_train_batch_size,
+        spec.train_batch_tokens,
+        row,
+    )
+    return micro
 
 
 def eval_batch_size(rows: Any, spec: TrainSpec, sequences_per_row: int) -> int:

@@ -90,20 +90,7 @@ class PPOTrainer:
         self.minibatches = spec.rollout_batch_size // per_step
         # rows per forward: fewer than per_device_train_batch_size when the prompts are long
         longest = longest_row(tokenizer, prompts, spec, model.policy)
-        micro = self.micro_rows = fitting_micro_batch(spec, longest)
-        if micro < spec.per_device_train_batch_size:
-            log.info(
-                "ppo: %d rows per optimiser step as %d micro-batches of %d, not %d of %d: a "
-                "micro-batch holds at most method.train_batch_tokens=%d padded tokens, and a "
-                "row is up to %d",
-                per_step,
-                per_step // micro,
-                micro,
-                spec.gradient_accumulation_steps,
-                spec.per_device_train_batch_size,
-                spec.train_batch_tokens,
-                longest,
-            )
+        micro = self.micro_rows = fitting_micro_batch(spec, longest, str(longest))
         accelerator.gradient_accumulation_steps = per_step // micro
         updates = total_steps * spec.ppo_epochs * self.minibatches
         # stepped by hand once per optimiser step (a prepared scheduler would step once per
