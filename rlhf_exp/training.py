@@ -18,6 +18,7 @@ from transformers.trainer_callback import ProgressCallback
 from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
+from rlhf_exp.lm_head import score_labelled_positions_only
 from rlhf_exp.memory import release_freed_memory
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ def trl_config(config_cls: type[T], spec: TrainSpec, ctx: RunContext, **own: Any
     Unknown keys were refused before anything loaded (config.schema); a value TRL rejects is
     one line naming `method.trainer_kwargs`.
     """
+    # Every TRL trainer is configured here first, so its fused LM head is set before it runs
+    score_labelled_positions_only()
     kwargs = {**trainer_args(spec, ctx), **own, **spec.trainer_kwargs}
     if not spec.trainer_kwargs:
         return config_cls(**kwargs)

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trl.trainer.utils as trl_utils
 from transformers import Trainer
 
+from rlhf_exp import lm_head
 from rlhf_exp.artifacts import ArtifactCache
 from rlhf_exp.config.schema import RunConfig, validate
 from rlhf_exp.runner import execute
@@ -42,3 +44,11 @@ def evaluation_steps(monkeypatch: pytest.MonkeyPatch) -> dict[Trainer, list[int]
 
     monkeypatch.setattr(Trainer, "evaluate", counted)
     return steps
+
+
+@pytest.fixture
+def trl_fused_head(monkeypatch: pytest.MonkeyPatch) -> Callable[[], bool]:
+    """Resets TRL's fused LM head to its own choice of scored positions; the returned check
+    says whether the runs since then set it to score only labelled positions on CPU."""
+    monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
+    return lambda: trl_utils._use_triton is lm_head._compact_on_cpu

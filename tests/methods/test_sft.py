@@ -13,8 +13,9 @@ from tests.methods.weights import changed_tensors, load_weights, lora_targets
 pytestmark = pytest.mark.slow
 
 
-def test_sft_lowers_eval_loss_and_logs(run_method, evaluation_steps):
+def test_sft_lowers_eval_loss_and_logs(run_method, evaluation_steps, trl_fused_head):
     metrics, run_dir, _, _ = run_method("method=sft")
+    assert trl_fused_head()  # CPU scored only the reply tokens (tests/test_lm_head.py)
     # Measured on the fast preset: 7.46 -> 4.55 (x0.61) after 40 steps; asserts x0.8.
     assert metrics["eval/loss"] < 0.8 * metrics["eval/loss_initial"]
     assert metrics["train/global_step"] == 40
