@@ -156,6 +156,29 @@ def ppo_long_prompts_workspace(root: Path) -> list[str]:
     ]
 
 
+def sft_long_rows_workspace(root: Path) -> list[str]:
+    """The run.py overrides of SFT at 124M (random-init `gpt2_shape`) on UltraFeedback-length
+    dialogues (512-token budget), 2 steps of the method's defaults (32 rows per step)."""
+    ws = SimpleNamespace(root=root)
+    return [*_base(ws), *_seed_data(ws), *_budget(512), "method=sft", "method.max_steps=2", *QUIET]
+
+
+def dpo_long_pairs_workspace(root: Path) -> list[str]:
+    """The run.py overrides of DPO at 124M on UltraFeedback-length pairs (512-token budget),
+    2 steps of the method's defaults (32 pairs per step, reference log-probs precomputed for
+    the rows trained on), from the seed job's SFT policy (built once in `root`)."""
+    ws = SimpleNamespace(root=root)
+    return [
+        *_base(ws),
+        *_seed_data(ws),
+        *_budget(512),
+        "method=dpo",
+        "method.max_steps=2",
+        f"upstream.sft.path={_seed_sft(ws)}",
+        *QUIET,
+    ]
+
+
 def _naive_args(sft: Path, pairs: Path, max_length: int, steps: int, lr: float) -> list[str]:
     return [
         "reward",

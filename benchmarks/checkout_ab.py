@@ -35,6 +35,8 @@ JOBS = {
         at_124m.ppo_long_prompts_workspace,
         ("train/loss", "time/rollout_total_s", "time/update_total_s", "objective/scores"),
     ),
+    "sft-long": (at_124m.sft_long_rows_workspace, ("train/loss", "eval/loss")),
+    "dpo-long": (at_124m.dpo_long_pairs_workspace, ("train/loss", "eval/loss")),
 }
 
 
