@@ -166,7 +166,9 @@ def sft_long_rows_workspace(root: Path) -> list[str]:
 def dpo_long_pairs_workspace(root: Path) -> list[str]:
     """The run.py overrides of DPO at 124M on UltraFeedback-length pairs (512-token budget),
     2 steps of the method's defaults (32 pairs per step, reference log-probs precomputed for
-    the rows trained on), from the seed job's SFT policy (built once in `root`)."""
+    the rows trained on), from the seed job's SFT policy and reward model (the evaluation's
+    scorer), built once in `root` (`seed_ours_workspace`)."""
+    seed_ours_workspace(root)
     ws = SimpleNamespace(root=root)
     return [
         *_base(ws),
@@ -175,6 +177,7 @@ def dpo_long_pairs_workspace(root: Path) -> list[str]:
         "method=dpo",
         "method.max_steps=2",
         f"upstream.sft.path={_seed_sft(ws)}",
+        f"upstream.reward.path={root / 'warm' / 'model'}",
         *QUIET,
     ]
 
