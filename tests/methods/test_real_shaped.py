@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl.trainer.utils as trl_utils
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer
 
+from rlhf_exp import lm_head, training
 from rlhf_exp.config.schema import MAX_BATCH_TOKENS
 from rlhf_exp.data.synthetic_dialogues import hh_like_rows, write_jsonl
 
@@ -238,6 +240,34 @@ def test_long_training_rows_are_split_into_micro_batches_within_the_token_budget
     tolerance = 1e-2 if method == "sft" else 1e-4
     assert split["train/loss"] == pytest.approx(whole["train/loss"], rel=tolerance)
     assert split["eval/loss"] == pytest.approx(whole["eval/loss"], rel=tolerance)
+
+
+def test_dpo_projects_only_reply_tokens_through_the_lm_head(run_method, tmp_path, monkeypatch):
+    """On CPU, TRL's fused LM head scored every position, dialogue and padding included; it
+    now scores the reply tokens only (rlhf_exp/lm_head.py). The same run learns the same."""
+    args = short_run("dpo", dialogue_file(tmp_path / "hh.jsonl"))
+    run_method(*args)  # the upstream stages, cached, so both runs below are DPO alone
+    scored: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counted(hidden: torch.Tensor, *rest):
+        scored.append(hidden.shape[0])
+        return apply(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+    monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
+    monkeypatch.setattr(training, "score_labelled_positions_only", lambda: None)
+    every_position, _, _, _ = run_method(*args)
+    scored_before = sum(scored)
+    scored.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+    compact, _, _, _ = run_method(*args)
+    # replies are at most 64 of a row's 192 tokens, and most rows are cut to the budget:
+    # 8,642 of 49,320 positions (17.5%) when written
+    assert 0 < sum(scored) < scored_before / 3
+    for key in ("train/loss", "eval/loss", "eval/rewards_accuracies"):
+        assert compact[key] == pytest.approx(every_position[key], rel=1e-5), key
 
 
 def test_ppo_splits_long_prompts_into_micro_batches_within_the_token_budget(
