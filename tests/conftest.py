@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -84,3 +85,19 @@ def tiny_lm(tmp_path_factory):
     corpus = [f"the film number {i} was fine and then it ended." for i in range(300)]
     build_tiny_base(TinySpec(n_layer=1, n_embd=32, n_head=2, vocab_size=300), corpus, out)
     return GPT2LMHeadModel.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+
+
+@pytest.fixture
+def lm_head_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many positions each call of TRL's fused LM head projects (tests/test_lm_head.py)."""
+    import trl.trainer.utils as trl_utils
+
+    rows: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counted(hidden: Any, *args: Any) -> Any:
+        rows.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+    return rows

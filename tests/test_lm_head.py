@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import torch
 import trl.trainer.utils as trl_utils
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -30,20 +29,9 @@ def _step(model: GPT2LMHeadModel, batch: dict[str, torch.Tensor]) -> dict[str, A
     }
 
 
-def _scored_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many positions each call of TRL's chunked log-prob function scores."""
-    rows: list[int] = []
-    apply = trl_utils._ChunkedLogProbFunction.apply
-
-    def counted(hidden: torch.Tensor, *args: Any) -> Any:
-        rows.append(hidden.shape[0])
-        return apply(hidden, *args)
-
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
-    return rows
-
-
-def test_cpu_scores_only_labelled_positions_with_the_same_loss_and_gradients(monkeypatch):
+def test_cpu_scores_only_labelled_positions_with_the_same_loss_and_gradients(
+    monkeypatch, lm_head_rows
+):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=300))
     model.eval()  # no dropout: both paths must see the same function
@@ -54,7 +42,6 @@ def test_cpu_scores_only_labelled_positions_with_the_same_loss_and_gradients(mon
     labels = ids.masked_fill(attention == 0, -100)
     labels[:, :12] = -100  # a long prompt, a short reply: 8 labelled positions per row
     batch = {"input_ids": ids, "attention_mask": attention, "labels": labels}
-    rows = _scored_rows(monkeypatch)
 
     monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
     every_position = _step(model, batch)
@@ -62,7 +49,7 @@ def test_cpu_scores_only_labelled_positions_with_the_same_loss_and_gradients(mon
     compact = _step(model, batch)
 
     labelled = int((labels[:, 1:] != -100).sum())
-    assert rows == [3 * 19, labelled]
+    assert lm_head_rows == [3 * 19, labelled]
     for key in ("loss", "entropy", "log_probs"):
         torch.testing.assert_close(compact[key], every_position[key], rtol=1e-6, atol=1e-7)
     assert torch.equal(compact["is_top1"], every_position["is_top1"])

@@ -242,30 +242,26 @@ def test_long_training_rows_are_split_into_micro_batches_within_the_token_budget
     assert split["eval/loss"] == pytest.approx(whole["eval/loss"], rel=tolerance)
 
 
-def test_dpo_projects_only_reply_tokens_through_the_lm_head(run_method, tmp_path, monkeypatch):
+def test_dpo_projects_only_reply_tokens_through_the_lm_head(
+    run_method, tmp_path, monkeypatch, lm_head_rows
+):
     """On CPU, TRL's fused LM head scored every position, dialogue and padding included; it
     now scores the reply tokens only (rlhf_exp/lm_head.py). The same run learns the same."""
     args = short_run("dpo", dialogue_file(tmp_path / "hh.jsonl"))
     run_method(*args)  # the upstream stages, cached, so both runs below are DPO alone
-    scored: list[int] = []
-    apply = trl_utils._ChunkedLogProbFunction.apply
-
-    def counted(hidden: torch.Tensor, *rest):
-        scored.append(hidden.shape[0])
-        return apply(hidden, *rest)
-
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
     monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
     monkeypatch.setattr(training, "score_labelled_positions_only", lambda: None)
+    lm_head_rows.clear()
     every_position, _, _, _ = run_method(*args)
-    scored_before = sum(scored)
-    scored.clear()
-    monkeypatch.undo()
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+    scored_before = sum(lm_head_rows)
+    monkeypatch.setattr(
+        training, "score_labelled_positions_only", lm_head.score_labelled_positions_only
+    )
+    lm_head_rows.clear()
     compact, _, _, _ = run_method(*args)
     # replies are at most 64 of a row's 192 tokens, and most rows are cut to the budget:
     # 8,642 of 49,320 positions (17.5%) when written
-    assert 0 < sum(scored) < scored_before / 3
+    assert 0 < sum(lm_head_rows) < scored_before / 3
     for key in ("train/loss", "eval/loss", "eval/rewards_accuracies"):
         assert compact[key] == pytest.approx(every_position[key], rel=1e-5), key
 
