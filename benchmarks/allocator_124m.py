@@ -45,6 +45,10 @@ VARIANTS = {
     # padding nearly every micro-batch has new shapes, so few are ever used again
     "onednn-cache-128": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"},
     "onednn-cache-64": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
+    # torch's CPU allocator madvises tensors of 2 MB and more for transparent huge pages
+    # (`THP_MEM_ALLOC_ENABLE`): one page fault per 2 MB instead of 512
+    "thp-off": {"THP_MEM_ALLOC_ENABLE": "0"},
+    "thp-on": {"THP_MEM_ALLOC_ENABLE": "1"},
     "jemalloc": {"LD_PRELOAD": JEMALLOC},
     "jemalloc-background-thread": {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "background_thread:true"},
     "jemalloc-no-decay": {

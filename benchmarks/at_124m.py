@@ -8,6 +8,8 @@
 - `mfu_124m`: SFT, reward, DPO and PPO on the embedded task, tokens/s and MFU against the bf16
   matmul roofline measured at the start of the same section (PPO: rollout and update apart).
 - `checkpointing_124m`: `model.gradient_checkpointing` on and off on the seed job's workload.
+- `huge_pages_124m`: the four methods of `mfu_124m` with torch's huge pages for large tensors
+  off and on (`THP_MEM_ALLOC_ENABLE=0/1`; rlhf_exp sets 1 unless told otherwise), interleaved.
 
 Each takes minutes per run on 2 cores; none is in the default set of `run.py`: name them.
 """
@@ -26,6 +28,7 @@ from common import (
     child_env,
     export_pairs,
     interleaved,
+    machine,
     median,
     run_measured,
     run_py,
@@ -406,6 +409,57 @@ def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
     return {"data": data, "table": rows}
 
 
+# ------------------------------------------------------------------------------ huge pages
+def _loop_s(method: str, metrics: dict[str, Any]) -> float:
+    """The training loop's seconds; PPO's rollout + update (its loop also saves a checkpoint)."""
+    if method == "ppo":
+        return metrics["time/rollout_total_s"] + metrics["time/update_total_s"]
+    return metrics["time/train_s"]
+
+
+def section_huge_pages_124m(ws: Any, reps: int) -> dict[str, Any]:
+    upstream = _embedded_upstream(ws)
+    methods = ("sft", "reward", "dpo", "ppo")
+    settings = {
+        f"{m}-thp{flag}": lambda m=m, flag=flag: ws.run(
+            f"124m-{m}-thp{flag}",
+            [*_base(ws), *_method_args(m, ws.quick), *QUIET, *upstream],
+            child_env(THP_MEM_ALLOC_ENABLE=flag),
+        )
+        for m in methods
+        for flag in ("0", "1")
+    }
+    runs = interleaved(settings, reps)
+    rows = [
+        "GPT-2 shape (124M), embedded task, precision=auto; torch's huge pages for tensors of "
+        f"2 MB and more off (THP_MEM_ALLOC_ENABLE=0) and on (1). {machine()}",
+        "",
+        "| method | loop s, off | loop s, on | speed-up (medians) | peak RSS MB, off | on |",
+        "|---|---|---|---|---|---|",
+    ]
+    data: dict[str, Any] = {}
+    for method in methods:
+        off, on = runs[f"{method}-thp0"], runs[f"{method}-thp1"]
+        parts = ("rollout", "update") if method == "ppo" else ()
+        entry = {
+            flag: {
+                "loop_s": [_loop_s(method, m.metrics) for m in ms],
+                "peak_rss_mb": [m.peak_rss_mb for m in ms],
+                **{k: [m.metrics[f"time/{k}_total_s"] for m in ms] for k in parts},
+            }
+            for flag, ms in (("off", off), ("on", on))
+        }
+        entry["speedup"] = median(entry["off"]["loop_s"]) / median(entry["on"]["loop_s"])
+        data[method] = entry
+        rows.append(
+            f"| {method}{' (rollout + update)' if method == 'ppo' else ''} | "
+            f"{spread(entry['off']['loop_s'])} | {spread(entry['on']['loop_s'])} | "
+            f"{entry['speedup']:.2f}x | {spread(entry['off']['peak_rss_mb'])} | "
+            f"{spread(entry['on']['peak_rss_mb'])} |"
+        )
+    return {"data": data, "table": rows}
+
+
 # ------------------------------------------------------------------------------ checkpointing
 def section_checkpointing_124m(ws: Any, reps: int) -> dict[str, Any]:
     steps = 3 if ws.quick else 8
@@ -444,4 +498,5 @@ SECTIONS_124M = {
     "seed_job_512": section_seed_job_512,
     "mfu_124m": section_mfu_124m,
     "checkpointing_124m": section_checkpointing_124m,
+    "huge_pages_124m": section_huge_pages_124m,
 }

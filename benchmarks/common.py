@@ -57,8 +57,13 @@ def run_measured(
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment of measured children: offline, no tokenizer thread pool fights."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    """The environment of measured children: offline, no tokenizer thread pool fights.
+
+    Without THP_MEM_ALLOC_ENABLE unless `extra` names it: each child runs what its own code
+    asks for (run.py turns torch's huge pages on, a bare TRL script does not), not the default
+    this harness picked up by importing rlhf_exp."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.update(extra)
     return env
 
@@ -120,8 +125,12 @@ def median(values: Sequence[float]) -> float:
 
 
 def spread(values: Sequence[float]) -> str:
-    """`median (min-max)` for a table cell."""
-    return f"{median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+    """`median (min-max)` for a table cell: 3 significant digits, whole numbers from 1,000."""
+
+    def cell(x: float) -> str:
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+    return f"{cell(median(values))} ({cell(min(values))}-{cell(max(values))})"
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

@@ -93,7 +93,7 @@ import yaml
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, run_measured  # noqa: E402
+from common import ROOT, child_env, run_measured  # noqa: E402
 
 PEERS_DIR = ROOT / "benchmarks" / "peers"
 VENV = PEERS_DIR / ".venv-trl112"
@@ -383,7 +383,7 @@ def main() -> None:
     (work / "settings.json").write_text(json.dumps(s, indent=1))
     venv_python = ensure_trl112_venv() if "trl112-ppo" in peers else None
     print(f"work dir {work}\nsettings {json.dumps(s)}", flush=True)
-    env = dict(os.environ)
+    env = child_env()  # each child's own THP_MEM_ALLOC_ENABLE: see common.child_env
     if opts.threads:
         env |= {"OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
 
