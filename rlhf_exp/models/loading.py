@@ -317,8 +317,11 @@ def enable_gradient_checkpointing(module: nn.Module) -> None:
     done: set[int] = set()
     for model in module.modules():
         if isinstance(model, PreTrainedModel) and id(model) not in done:
+            # transformers 5.x renamed it; the old name warns and goes away in 6
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            enable = enable or model.gradient_checkpointing_enable
             # non-reentrant: correct with frozen inputs (LoRA) without enable_input_require_grads
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+            enable({"use_reentrant": False})
             done.update(id(m) for m in model.modules())
     if not done:
         raise ValueError(f"{type(module).__name__} holds no transformers model to checkpoint")
