@@ -10,6 +10,8 @@
 - `checkpointing_124m`: `model.gradient_checkpointing` on and off on the seed job's workload.
 - `huge_pages_124m`: the four methods of `mfu_124m` with torch's huge pages for large tensors
   off and on (`THP_MEM_ALLOC_ENABLE=0/1`; rlhf_exp sets 1 unless told otherwise), interleaved.
+- `heap_huge_pages_124m`: the same four with huge pages on, glibc's mmap threshold its own
+  (rising) against fixed at 2 MB, interleaved.
 
 Each takes minutes per run on 2 cores; none is in the default set of `run.py`: name them.
 """
@@ -17,6 +19,7 @@ Each takes minutes per run on 2 cores; none is in the default set of `run.py`: n
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -352,6 +355,17 @@ def _method_args(method: str, quick: bool) -> list[str]:
     return [f"method={method}", f"method.max_steps={steps}"]
 
 
+def embedded_workspace(method: str) -> Callable[[Path], list[str]]:
+    """The run.py overrides of one `mfu_124m` job (`method` on the embedded task at 124M), its
+    upstream SFT policy and reward model built once in the workspace root."""
+
+    def overrides(root: Path) -> list[str]:
+        ws = SimpleNamespace(root=root)
+        return [*_base(ws), *_method_args(method, False), *QUIET, *_embedded_upstream(ws)]
+
+    return overrides
+
+
 def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
     roof = roofline(SHAPE["n_embd"], SHAPE["vocab"])
     peak = roof["bf16"]["peak"] * 1e9
@@ -417,47 +431,74 @@ def _loop_s(method: str, metrics: dict[str, Any]) -> float:
     return metrics["time/train_s"]
 
 
-def section_huge_pages_124m(ws: Any, reps: int) -> dict[str, Any]:
+METHODS_124M = ("sft", "reward", "dpo", "ppo")
+# glibc's mmap threshold otherwise rises to the largest block freed (up to 32 MB), so torch's
+# 2-32 MB tensors land in the heap, and torch's huge-page advice then marks heap ranges that
+# later hold small blocks: khugepaged refills their trimmed pages (benchmarks/NOTES.md).
+MMAP_2MB = {"MALLOC_MMAP_THRESHOLD_": str(2 << 20)}
+
+
+def _two_settings(ws: Any, reps: int, tag: str, envs: dict[str, dict[str, str]]) -> dict:
+    """The four methods of `mfu_124m` under two environments (`envs`: label -> variables),
+    interleaved: loop seconds and peak RSS per method, and the first's loop over the second's."""
     upstream = _embedded_upstream(ws)
-    methods = ("sft", "reward", "dpo", "ppo")
+    (a, env_a), (b, env_b) = envs.items()
     settings = {
-        f"{m}-thp{flag}": lambda m=m, flag=flag: ws.run(
-            f"124m-{m}-thp{flag}",
+        f"{m}|{label}": lambda m=m, label=label, env=env: ws.run(
+            f"124m-{m}-{tag}-{label}",
             [*_base(ws), *_method_args(m, ws.quick), *QUIET, *upstream],
-            child_env(THP_MEM_ALLOC_ENABLE=flag),
+            child_env(**env),
         )
-        for m in methods
-        for flag in ("0", "1")
+        for m in METHODS_124M
+        for label, env in envs.items()
     }
     runs = interleaved(settings, reps)
     rows = [
-        "GPT-2 shape (124M), embedded task, precision=auto; torch's huge pages for tensors of "
-        f"2 MB and more off (THP_MEM_ALLOC_ENABLE=0) and on (1). {machine()}",
-        "",
-        "| method | loop s, off | loop s, on | speed-up (medians) | peak RSS MB, off | on |",
+        f"| method | loop s, {a} | loop s, {b} | speed-up (medians) | peak RSS MB, {a} | {b} |",
         "|---|---|---|---|---|---|",
     ]
     data: dict[str, Any] = {}
-    for method in methods:
-        off, on = runs[f"{method}-thp0"], runs[f"{method}-thp1"]
+    for method in METHODS_124M:
         parts = ("rollout", "update") if method == "ppo" else ()
         entry = {
-            flag: {
+            label: {
                 "loop_s": [_loop_s(method, m.metrics) for m in ms],
                 "peak_rss_mb": [m.peak_rss_mb for m in ms],
                 **{k: [m.metrics[f"time/{k}_total_s"] for m in ms] for k in parts},
             }
-            for flag, ms in (("off", off), ("on", on))
+            for label in (a, b)
+            for ms in [runs[f"{method}|{label}"]]
         }
-        entry["speedup"] = median(entry["off"]["loop_s"]) / median(entry["on"]["loop_s"])
+        entry["speedup"] = median(entry[a]["loop_s"]) / median(entry[b]["loop_s"])
         data[method] = entry
         rows.append(
             f"| {method}{' (rollout + update)' if method == 'ppo' else ''} | "
-            f"{spread(entry['off']['loop_s'])} | {spread(entry['on']['loop_s'])} | "
-            f"{entry['speedup']:.2f}x | {spread(entry['off']['peak_rss_mb'])} | "
-            f"{spread(entry['on']['peak_rss_mb'])} |"
+            f"{spread(entry[a]['loop_s'])} | {spread(entry[b]['loop_s'])} | "
+            f"{entry['speedup']:.2f}x | {spread(entry[a]['peak_rss_mb'])} | "
+            f"{spread(entry[b]['peak_rss_mb'])} |"
         )
     return {"data": data, "table": rows}
+
+
+def section_huge_pages_124m(ws: Any, reps: int) -> dict[str, Any]:
+    envs = {"off": {"THP_MEM_ALLOC_ENABLE": "0"}, "on": {"THP_MEM_ALLOC_ENABLE": "1"}}
+    result = _two_settings(ws, reps, "thp", envs)
+    intro = (
+        "GPT-2 shape (124M), embedded task, precision=auto; torch's huge pages for tensors of "
+        f"2 MB and more off (THP_MEM_ALLOC_ENABLE=0) and on (1). {machine()}"
+    )
+    return result | {"table": [intro, "", *result["table"]]}
+
+
+def section_heap_huge_pages_124m(ws: Any, reps: int) -> dict[str, Any]:
+    on = {"THP_MEM_ALLOC_ENABLE": "1"}
+    result = _two_settings(ws, reps, "heap", {"heap": on, "mmap2mb": on | MMAP_2MB})
+    intro = (
+        "GPT-2 shape (124M), embedded task, precision=auto, huge pages on; glibc's own mmap "
+        "threshold (heap: rises to 32 MB) against one fixed at 2 MB (mmap2mb: every tensor "
+        f"torch advises gets its own mapping). {machine()}"
+    )
+    return result | {"table": [intro, "", *result["table"]]}
 
 
 # ------------------------------------------------------------------------------ checkpointing
@@ -499,4 +540,5 @@ SECTIONS_124M = {
     "mfu_124m": section_mfu_124m,
     "checkpointing_124m": section_checkpointing_124m,
     "huge_pages_124m": section_huge_pages_124m,
+    "heap_huge_pages_124m": section_heap_huge_pages_124m,
 }

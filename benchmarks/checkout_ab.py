@@ -11,6 +11,9 @@ Jobs (`at_124m`):
   seed      the seed job's "ours" side: reward model, LoRA r=8, 512 tokens, 8 steps
   ppo-long  PPO from the seed job's SFT policy and reward model on UltraFeedback-length
             prompts (512-token budget), one iteration of the method's defaults
+  sft-long, dpo-long  SFT / DPO on UltraFeedback-length rows, 2 steps
+  ppo-embedded, reward-embedded, dpo-embedded  the `mfu_124m` job of that method (the
+            embedded task)
 
 Each side runs its own run.py and rlhf_exp (a script's directory comes first on sys.path).
 The upstream models, the UltraFeedback-length file and the tokenised data are built once, by
@@ -37,6 +40,12 @@ JOBS = {
     ),
     "sft-long": (at_124m.sft_long_rows_workspace, ("train/loss", "eval/loss")),
     "dpo-long": (at_124m.dpo_long_pairs_workspace, ("train/loss", "eval/loss")),
+    "ppo-embedded": (
+        at_124m.embedded_workspace("ppo"),
+        ("train/loss", "time/rollout_total_s", "time/update_total_s", "objective/scores"),
+    ),
+    "reward-embedded": (at_124m.embedded_workspace("reward"), ("train/loss", "eval/accuracy")),
+    "dpo-embedded": (at_124m.embedded_workspace("dpo"), ("train/loss", "eval/loss")),
 }
 
 

@@ -52,3 +52,43 @@ def test_a_large_tensor_faults_in_huge_pages(probes: dict[str, tuple[str, int]])
     small_pages = probes["user_off"][1]
     assert small_pages >= 15_000  # 64 MB in 4 KiB pages is 16,384 faults
     assert probes["default"][1] < small_pages / 10  # 2 MB pages: ~32 faults
+
+
+HEAP_PROBE = """
+import re
+import rlhf_exp  # first, as run.py does
+import torch
+from rlhf_exp.memory import _malloc_trim, release_freed_memory
+
+def advised_heap_mb():
+    total = 0
+    for block in re.split(r"\\n(?=[0-9a-f]+-[0-9a-f]+ )", open("/proc/self/smaps").read()):
+        head = block.split("\\n", 1)[0]
+        if head.endswith("[heap]") and " hg" in re.search(r"VmFlags:(.*)", block).group(1):
+            start, end = (int(x, 16) for x in head.split()[0].split("-"))
+            total += end - start
+    return total >> 20
+
+assert _malloc_trim() is not None, "not glibc"
+t = torch.ones(20 << 18)  # a 20 MB block, mmapped; freeing it raises glibc's mmap threshold
+del t
+kept = [torch.ones(4 << 18) for _ in range(8)]  # so these 4 MB tensors come from the heap
+print(advised_heap_mb(), end=" ")
+del kept
+release_freed_memory()
+print(advised_heap_mb())
+"""
+
+
+@pytest.mark.skipif(
+    not THP_MODE.is_file() or "[madvise]" not in THP_MODE.read_text(),
+    reason="heap ranges keep the advice only where the kernel gives huge pages on advice alone",
+)
+def test_trimming_the_heap_drops_the_advice_its_freed_tensors_left() -> None:
+    """Else khugepaged refills the pages the trim returned, as whole 2 MB pages."""
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, check=True
+    ).stdout.split()
+    while_held, after_trim = map(int, out)
+    assert while_held >= 8  # the setup holds: torch's advice lands on the heap
+    assert after_trim == 0
