@@ -355,13 +355,14 @@ def _method_args(method: str, quick: bool) -> list[str]:
     return [f"method={method}", f"method.max_steps={steps}"]
 
 
-def embedded_workspace(method: str) -> Callable[[Path], list[str]]:
-    """The run.py overrides of one `mfu_124m` job (`method` on the embedded task at 124M), its
-    upstream SFT policy and reward model built once in the workspace root."""
+def embedded_workspace(method: str, *extra: str) -> Callable[[Path], list[str]]:
+    """The run.py overrides of one `mfu_124m` job (`method` on the embedded task at 124M; then
+    `extra`), its upstream SFT policy and reward model built once in the workspace root."""
 
     def overrides(root: Path) -> list[str]:
         ws = SimpleNamespace(root=root)
-        return [*_base(ws), *_method_args(method, False), *QUIET, *_embedded_upstream(ws)]
+        upstream = _embedded_upstream(ws)
+        return [*_base(ws), *_method_args(method, False), *QUIET, *upstream, *extra]
 
     return overrides
 

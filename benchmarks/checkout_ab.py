@@ -13,7 +13,7 @@ Jobs (`at_124m`):
             prompts (512-token budget), one iteration of the method's defaults
   sft-long, dpo-long  SFT / DPO on UltraFeedback-length rows, 2 steps
   ppo-embedded, reward-embedded, dpo-embedded  the `mfu_124m` job of that method (the
-            embedded task)
+            embedded task); ppo-embedded-long: 12 iterations instead of 3
 
 Each side runs its own run.py and rlhf_exp (a script's directory comes first on sys.path).
 The upstream models, the UltraFeedback-length file and the tokenised data are built once, by
@@ -42,6 +42,11 @@ JOBS = {
     "dpo-long": (at_124m.dpo_long_pairs_workspace, ("train/loss", "eval/loss")),
     "ppo-embedded": (
         at_124m.embedded_workspace("ppo"),
+        ("train/loss", "time/rollout_total_s", "time/update_total_s", "objective/scores"),
+    ),
+    # 12 PPO iterations: time for khugepaged to refill what the trims between phases return
+    "ppo-embedded-long": (
+        at_124m.embedded_workspace("ppo", "method.max_steps=12"),
         ("train/loss", "time/rollout_total_s", "time/update_total_s", "objective/scores"),
     ),
     "reward-embedded": (at_124m.embedded_workspace("reward"), ("train/loss", "eval/accuracy")),

@@ -30,41 +30,10 @@ def current_rss_bytes() -> int:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
-
-
 def _malloc_trim() -> Callable[[int], int] | None:
-    return getattr(_libc(), "malloc_trim", None)  # glibc only (not macOS, not musl)
-
-
-_MADV_NOHUGEPAGE = 15  # linux/mman.h
-_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-@functools.cache
-def _heap_may_hold_huge_page_advice() -> bool:
-    """torch advises huge pages for its tensors of 2 MB and more (`THP_MEM_ALLOC_ENABLE=1`,
-    rlhf_exp/__init__.py), and only advised memory gets them (the kernel's `madvise` mode)."""
-    return (
-        os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
-        and _THP_MODE.is_file()
-        and "[madvise]" in _THP_MODE.read_text()
-    )
-
-
-def _drop_heap_huge_page_advice() -> None:
-    spans = [
-        [int(end, 16) for end in line.split(maxsplit=1)[0].split("-")]
-        for line in Path("/proc/self/maps").read_text().splitlines()
-        if line.endswith("[heap]")
-    ]
-    if spans:
-        start, end = min(s for s, _ in spans), max(e for _, e in spans)
-        madvise = _libc().madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        madvise(start, end - start, _MADV_NOHUGEPAGE)
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only (not macOS, not musl)
 
 
 def release_freed_memory() -> None:
@@ -76,19 +45,10 @@ def release_freed_memory() -> None:
     of from the memory still in use (benchmarks/NOTES.md, "Sticky heap"). The call takes
     milliseconds, but every page it returns faults in again when next used: call it where a
     run changes phase (and between scoring batches), not between two training steps.
-
-    glibc's heap also holds torch's tensors of 2-32 MB, and the huge-page advice torch gives
-    them stays on those heap ranges after the tensors are freed: khugepaged then refills the
-    pages this trim returned, as whole 2 MB pages (PPO's peak RSS at 124M: 7,162 MB with the
-    advice left against 6,530 MB with no such tensor in the heap; benchmarks/NOTES.md, "Huge
-    pages and the heap"). So the advice goes too; torch gives it again to each tensor it
-    allocates there.
     """
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-        if _heap_may_hold_huge_page_advice():
-            _drop_heap_huge_page_advice()
 
 
 class PeakMemory:
