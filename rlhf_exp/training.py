@@ -3,6 +3,7 @@ guarded `run_training` (clean stop on signals, NaN check, resume from complete c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow.compute as pc
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from rlhf_exp import signals
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# transformers 5 renamed `gradient_checkpointing` and warns (FutureWarning) in every run that
+# sets the old name, which TRL's configs default to True; either name is the user's to pass.
+_CHECKPOINTING_NAMES = ("activation_checkpointing", "gradient_checkpointing")
+_CHECKPOINTING = next(
+    name
+    for name in _CHECKPOINTING_NAMES
+    if name in {f.name for f in dataclasses.fields(TrainingArguments)}
+)
 
 
 def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
@@ -61,7 +71,7 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         "bf16": ctx.run.model.precision == "bf16",
         "fp16": False,
         # (transformers 5 checkpoints non-reentrantly: fine with LoRA's frozen embeddings)
-        "gradient_checkpointing": ctx.run.model.gradient_checkpointing,
+        _CHECKPOINTING: ctx.run.model.gradient_checkpointing,
         "disable_tqdm": False,
         "train_sampling_strategy": "group_by_length" if spec.group_by_length else "random",
         "torch_compile": spec.torch_compile,
@@ -84,7 +94,11 @@ def trl_config(config_cls: type[T], spec: TrainSpec, ctx: RunContext, **own: Any
     """
     # Every TRL trainer is configured here first, so its fused LM head is set before it runs
     score_labelled_positions_only()
-    kwargs = {**trainer_args(spec, ctx), **own, **spec.trainer_kwargs}
+    ours = {**trainer_args(spec, ctx), **own}
+    if any(name in spec.trainer_kwargs for name in _CHECKPOINTING_NAMES):
+        # the new name would silently outrank the old one the user may have used
+        ours = {k: v for k, v in ours.items() if k not in _CHECKPOINTING_NAMES}
+    kwargs = {**ours, **spec.trainer_kwargs}
     if not spec.trainer_kwargs:
         return config_cls(**kwargs)
     try:
