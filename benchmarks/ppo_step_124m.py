@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--critic", choices=("separate", "value_head"), default="separate")
     parser.add_argument("--steps", type=int, default=7, help="the first is not counted")
     parser.add_argument("--profile", action="store_true", help="one more step under the profiler")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile each model (step 0 compiles)"
+    )
     opts = parser.parse_args()
 
     torch.manual_seed(0)
@@ -55,6 +58,8 @@ def main() -> None:
     for model in (policy, critic):
         if model is not None:
             fuse_gelu_tanh(model)
+            if opts.compile:
+                model.compile()  # in place: forward runs compiled, state_dict keeps its names
     module = PolicyAndValue(policy, critic, config.n_embd).eval()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=True)
     ids = torch.randint(1, config.vocab_size, (opts.rows, opts.prompt + opts.response))
@@ -76,7 +81,8 @@ def main() -> None:
 
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE")
     shape = f"{opts.rows} x ({opts.prompt} + {opts.response}) tokens"
-    print(f"{machine()}; THP_MEM_ALLOC_ENABLE={thp}; {shape}, critic {opts.critic}")
+    compiled = ", compiled" if opts.compile else ""
+    print(f"{machine()}; THP_MEM_ALLOC_ENABLE={thp}; {shape}, critic {opts.critic}{compiled}")
     totals = []
     for i in range(opts.steps):
         before = faults()
