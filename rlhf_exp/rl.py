@@ -93,13 +93,59 @@ def response_logprobs(
 
     PAD fills the positions after EOS; their log-prob would be -inf, and -inf * 0 in a masked
     mean is NaN, so they read 0 instead (every caller masks them anyway).
+
+    Computed in fp32 a few rows at a time, forward and backward (`_ResponseLogprobs`): at 124M
+    the (B, R, V) fp32 copies, scaled, PAD-filled and exponentiated one after another, were
+    ~16% of a PPO update step (benchmarks/NOTES.md, "PPO's log-probs a few rows at a time").
     """
-    logits = logits.float() / temperature
-    # generation never samples PAD (its logit is -inf), so neither may the recomputation
-    logits = logits.index_fill(-1, torch.tensor([pad_id], device=logits.device), float("-inf"))
     is_pad = response_ids == pad_id
-    logp = logprobs_of(logits, response_ids.masked_fill(is_pad, 0))
+    tokens = response_ids.masked_fill(is_pad, 0)
+    logp = _ResponseLogprobs.apply(logits, tokens, float(temperature), int(pad_id))
     return logp.masked_fill(is_pad, 0.0)
+
+
+_CHUNK_ELEMENTS = 1 << 22  # 16 MB of fp32 logits per chunk: stays in cache-friendly sizes
+
+
+def _scaled(chunk: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
+    """fp32 (or wider) logits / T with PAD at -inf: what the sampler drew from."""
+    z = chunk.to(torch.promote_types(chunk.dtype, torch.float32), copy=True)
+    if temperature != 1.0:
+        z.div_(temperature)
+    z[..., pad_id] = float("-inf")  # generation never samples PAD, so neither may this
+    return z
+
+
+class _ResponseLogprobs(torch.autograd.Function):
+    """z[token] - logsumexp(z), z = logits / T with PAD at -inf, in row chunks; the gradient
+    (onehot - softmax(z)) / T is built chunk by chunk in the logits' own dtype."""
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, pad_id):  # noqa: ANN001, ANN205
+        rows = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
+        out, lse = [], []
+        for start in range(0, logits.shape[0], rows):
+            z = _scaled(logits[start : start + rows], temperature, pad_id)
+            lse.append(torch.logsumexp(z, dim=-1))
+            out.append(z.gather(-1, tokens[start : start + rows].unsqueeze(-1)).squeeze(-1))
+        lse_all = torch.cat(lse)
+        ctx.save_for_backward(logits, tokens, lse_all)
+        ctx.temperature, ctx.pad_id, ctx.rows = temperature, pad_id, rows
+        return torch.cat(out) - lse_all
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        logits, tokens, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        scale = grad / ctx.temperature
+        for start in range(0, logits.shape[0], ctx.rows):
+            stop = start + ctx.rows
+            z = _scaled(logits[start:stop], ctx.temperature, ctx.pad_id)
+            g = z.sub_(lse[start:stop].unsqueeze(-1)).exp_()  # softmax, 0 at PAD
+            g.mul_(-scale[start:stop].unsqueeze(-1))
+            g.scatter_add_(-1, tokens[start:stop].unsqueeze(-1), scale[start:stop].unsqueeze(-1))
+            grad_logits[start:stop] = g
+        return grad_logits, None, None, None
 
 
 @torch.no_grad()
