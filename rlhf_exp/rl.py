@@ -12,6 +12,7 @@ tokens (the first EOS included) and 0 on the padding after it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -104,7 +105,7 @@ def response_logprobs(
     return logp.masked_fill(is_pad, 0.0)
 
 
-_CHUNK_ELEMENTS = 1 << 22  # 16 MB of fp32 logits per chunk: stays in cache-friendly sizes
+_CHUNK_ELEMENTS = 1 << 22  # fp32 logits per chunk (16 MB): the copies stay small, the ops big
 
 
 def _scaled(chunk: torch.Tensor, temperature: float, pad_id: int) -> torch.Tensor:
@@ -121,7 +122,9 @@ class _ResponseLogprobs(torch.autograd.Function):
     (onehot - softmax(z)) / T is built chunk by chunk in the logits' own dtype."""
 
     @staticmethod
-    def forward(ctx, logits, tokens, temperature, pad_id):  # noqa: ANN001, ANN205
+    def forward(
+        ctx: Any, logits: torch.Tensor, tokens: torch.Tensor, temperature: float, pad_id: int
+    ) -> torch.Tensor:
         rows = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
         out, lse = [], []
         for start in range(0, logits.shape[0], rows):
@@ -134,7 +137,7 @@ class _ResponseLogprobs(torch.autograd.Function):
         return torch.cat(out) - lse_all
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         logits, tokens, lse = ctx.saved_tensors
         grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
         scale = grad / ctx.temperature
