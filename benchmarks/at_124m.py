@@ -355,6 +355,9 @@ def _method_args(method: str, quick: bool) -> list[str]:
     return [f"method={method}", f"method.max_steps={steps}"]
 
 
+METHODS_124M = ("sft", "reward", "dpo", "ppo")
+
+
 def embedded_workspace(method: str, *extra: str) -> Callable[[Path], list[str]]:
     """The run.py overrides of one `mfu_124m` job (`method` on the embedded task at 124M; then
     `extra`), its upstream SFT policy and reward model built once in the workspace root."""
@@ -371,7 +374,7 @@ def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
     roof = roofline(SHAPE["n_embd"], SHAPE["vocab"])
     peak = roof["bf16"]["peak"] * 1e9
     upstream = _embedded_upstream(ws)
-    methods = ("sft", "reward", "dpo", "ppo")
+    methods = METHODS_124M
     runs = interleaved(
         {
             m: lambda m=m: ws.run(
@@ -432,7 +435,6 @@ def _loop_s(method: str, metrics: dict[str, Any]) -> float:
     return metrics["time/train_s"]
 
 
-METHODS_124M = ("sft", "reward", "dpo", "ppo")
 # glibc's mmap threshold otherwise rises to the largest block freed (up to 32 MB), so torch's
 # 2-32 MB tensors land in the heap, and torch's huge-page advice then marks heap ranges that
 # later hold small blocks: khugepaged refills their trimmed pages (benchmarks/NOTES.md).
