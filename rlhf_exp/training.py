@@ -19,7 +19,7 @@ from transformers.trainer_callback import ProgressCallback
 from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
-from rlhf_exp.lm_head import score_labelled_positions_only
+from rlhf_exp.lm_head import install_cpu_lm_head
 from rlhf_exp.memory import release_freed_memory
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def trl_config(config_cls: type[T], spec: TrainSpec, ctx: RunContext, **own: Any
     one line naming `method.trainer_kwargs`.
     """
     # Every TRL trainer is configured here first, so its fused LM head is set before it runs
-    score_labelled_positions_only()
+    install_cpu_lm_head()
     ours = {**trainer_args(spec, ctx), **own}
     if any(name in spec.trainer_kwargs for name in _CHECKPOINTING_NAMES):
         # the new name would silently outrank the old one the user may have used

@@ -89,15 +89,17 @@ def tiny_lm(tmp_path_factory):
 
 @pytest.fixture
 def lm_head_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many positions each call of TRL's fused LM head projects (tests/test_lm_head.py)."""
-    import trl.trainer.utils as trl_utils
+    """How many positions each call of TRL's fused LM head projects, on TRL's code or on ours
+    (rlhf_exp/lm_head.py routes each call to exactly one of them)."""
+    from rlhf_exp import lm_head
 
     rows: list[int] = []
-    apply = trl_utils._ChunkedLogProbFunction.apply
+    for function in (lm_head._trl_function, lm_head.CpuFusedLogProbs):
+        apply = function.apply
 
-    def counted(hidden: Any, *args: Any) -> Any:
-        rows.append(hidden.shape[0])
-        return apply(hidden, *args)
+        def counted(hidden: Any, *args: Any, apply: Any = apply) -> Any:
+            rows.append(hidden.shape[0])
+            return apply(hidden, *args)
 
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+        monkeypatch.setattr(function, "apply", counted)
     return rows

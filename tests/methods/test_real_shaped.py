@@ -250,13 +250,12 @@ def test_dpo_projects_only_reply_tokens_through_the_lm_head(
     args = short_run("dpo", dialogue_file(tmp_path / "hh.jsonl"))
     run_method(*args)  # the upstream stages, cached, so both runs below are DPO alone
     monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
-    monkeypatch.setattr(training, "score_labelled_positions_only", lambda: None)
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", lm_head._trl_function)
+    monkeypatch.setattr(training, "install_cpu_lm_head", lambda: None)
     lm_head_rows.clear()
     every_position, _, _, _ = run_method(*args)
     scored_before = sum(lm_head_rows)
-    monkeypatch.setattr(
-        training, "score_labelled_positions_only", lm_head.score_labelled_positions_only
-    )
+    monkeypatch.setattr(training, "install_cpu_lm_head", lm_head.install_cpu_lm_head)
     lm_head_rows.clear()
     compact, _, _, _ = run_method(*args)
     # replies are at most 64 of a row's 192 tokens, and most rows are cut to the budget:
