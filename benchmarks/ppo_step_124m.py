@@ -6,6 +6,7 @@ loss is the response log-probs' mean plus the values' square, enough for every g
     python benchmarks/ppo_step_124m.py                       # 16 rows x (40 + 24) tokens
     THP_MEM_ALLOC_ENABLE=0 python benchmarks/ppo_step_124m.py --rows 32
     python benchmarks/ppo_step_124m.py --critic value_head --profile   # + torch's op table
+    python benchmarks/ppo_step_124m.py --attn eager          # GPT-2's own attention, not SDPA
 
 Run each setting in its own process: torch reads THP_MEM_ALLOC_ENABLE once. benchmarks/NOTES.md
 "Huge pages for large tensors" has the results.
@@ -48,11 +49,13 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile each model (step 0 compiles)"
     )
+    parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention")
     opts = parser.parse_args()
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
                         num_labels=1, pad_token_id=0)  # fmt: skip
+    config._attn_implementation = opts.attn
     policy = GPT2LMHeadModel(config)
     critic = GPT2ForSequenceClassification(config) if opts.critic == "separate" else None
     for model in (policy, critic):
@@ -82,7 +85,8 @@ def main() -> None:
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE")
     shape = f"{opts.rows} x ({opts.prompt} + {opts.response}) tokens"
     compiled = ", compiled" if opts.compile else ""
-    print(f"{machine()}; THP_MEM_ALLOC_ENABLE={thp}; {shape}, critic {opts.critic}{compiled}")
+    print(f"{machine()}; THP_MEM_ALLOC_ENABLE={thp}; {shape}, critic {opts.critic}{compiled}, "
+          f"{policy.config._attn_implementation} attention")  # fmt: skip
     totals = []
     for i in range(opts.steps):
         before = faults()
