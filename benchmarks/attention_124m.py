@@ -11,6 +11,7 @@ kernel's backward is slow on short rows, and a dropout probability sends it to i
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,13 @@ def main() -> None:
 
         def runner(attention: str, args: list[str] = args) -> Callable[[Path], Measured]:
             overrides = [*args, f"model.attn_implementation={attention}"]
-            return lambda run_dir: run_py(overrides, run_dir, run_dir.with_suffix(".log"))
+
+            def run(run_dir: Path) -> Measured:
+                measured = run_py(overrides, run_dir, run_dir.with_suffix(".log"))
+                shutil.rmtree(run_dir)  # a 124M run's checkpoints: GBs each, the log stays
+                return measured
+
+            return run
 
         print(f"== {job}", flush=True)
         runs = interleaved_in(
@@ -66,7 +73,7 @@ def main() -> None:
             peaks = spread([r["peak_rss_mb"] for r in rows])
             said = ", ".join(f"{key} {rows[0][key]:.4g}" for key in learned)
             print(f"{attention:6s} {times}; peak RSS MB {peaks}; {said}", flush=True)
-    write_json(opts.name, {"machine": machine(), "jobs": results})
+        write_json(opts.name, {"machine": machine(), "jobs": results})  # after every job
 
 
 if __name__ == "__main__":
