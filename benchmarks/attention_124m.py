@@ -17,14 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import at_124m  # noqa: E402
 from checkout_ab import JOBS  # noqa: E402
 from common import Measured, interleaved_in, machine, run_py, spread, write_json  # noqa: E402
 
-JOBS = {
-    **JOBS,
-    "sft-embedded": (at_124m.embedded_workspace("sft"), ("train/loss", "eval/loss")),
-}
 TIMES = ("time/train_s", "time/rollout_total_s", "time/update_total_s")
 
 

@@ -12,7 +12,7 @@ Jobs (`at_124m`):
   ppo-long  PPO from the seed job's SFT policy and reward model on UltraFeedback-length
             prompts (512-token budget), one iteration of the method's defaults
   sft-long, dpo-long  SFT / DPO on UltraFeedback-length rows, 2 steps
-  ppo-embedded, reward-embedded, dpo-embedded  the `mfu_124m` job of that method (the
+  ppo-embedded, sft-embedded, reward-embedded, dpo-embedded  the `mfu_124m` job of that method (the
             embedded task); ppo-embedded-long: 12 iterations instead of 3
 
 Each side runs its own run.py and rlhf_exp (a script's directory comes first on sys.path).
@@ -49,6 +49,7 @@ JOBS = {
         at_124m.embedded_workspace("ppo", "method.max_steps=12"),
         ("train/loss", "time/rollout_total_s", "time/update_total_s", "objective/scores"),
     ),
+    "sft-embedded": (at_124m.embedded_workspace("sft"), ("train/loss", "eval/loss")),
     "reward-embedded": (at_124m.embedded_workspace("reward"), ("train/loss", "eval/accuracy")),
     "dpo-embedded": (at_124m.embedded_workspace("dpo"), ("train/loss", "eval/loss")),
 }

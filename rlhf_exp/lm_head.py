@@ -94,6 +94,10 @@ def _fp32_matmuls_on_bf16_units(enabled: bool) -> Iterator[None]:
         matmul.fp32_precision = before
 
 
+def _rows_per_block(vocab: int) -> int:
+    return max(1, BLOCK_ELEMENTS // max(1, vocab))
+
+
 def _logits_fp32(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transform: tuple
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,7 +149,7 @@ class CpuFusedLogProbs(torch.autograd.Function):
         mean_logits, is_top1 = per_token("mean_logits"), per_token("is_top1", torch.bool)
         w = weight.to(compute)
         b = None if bias is None else bias.to(compute)
-        rows = max(1, BLOCK_ELEMENTS // max(1, vocab))
+        rows = _rows_per_block(vocab)
         with torch.autocast("cpu", enabled=False):
             for start in range(0, n, rows):
                 block = slice(start, min(n, start + rows))
@@ -188,7 +192,7 @@ class CpuFusedLogProbs(torch.autograd.Function):
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         logit_scale, softcap, inv_t = ctx.transform
         n, vocab = hidden.shape[0], weight.shape[0]
-        rows = max(1, BLOCK_ELEMENTS // max(1, vocab))
+        rows = _rows_per_block(vocab)
         grad_hidden = torch.empty(hidden.shape) if needs_hidden else None
         grad_weight = torch.zeros(weight.shape) if needs_weight else None
         grad_bias = torch.zeros(vocab) if needs_bias and bias is not None else None
