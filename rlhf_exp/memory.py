@@ -8,6 +8,7 @@ On a CUDA machine the GPU's peak comes from torch's allocator, reset when a run 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -15,7 +16,7 @@ import os
 import resource
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _STATM = Path("/proc/self/statm")
@@ -30,10 +31,14 @@ def current_rss_bytes() -> int:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc(function: str) -> Callable[..., int] | None:
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)  # glibc only (not macOS, not musl)
+    return getattr(libc, function, None)  # glibc only (not macOS, not musl)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return _glibc("malloc_trim")
 
 
 def release_freed_memory() -> None:
@@ -49,6 +54,48 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+# mallopt's parameters (malloc.h) and the values glibc's own dynamic thresholds reach on 64-bit
+# once a 32 MB block has been freed (every run at 124M frees many)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_MMAP_THRESHOLD_MAX = 32 << 20
+_MMAP_MAX_DEFAULT = 65536
+_INT_MAX = 2**31 - 1
+
+
+@contextlib.contextmanager
+def heap_reused() -> Iterator[None]:
+    """Inside: every C allocation comes from glibc's heap and stays there when freed, so a
+    loop that frees and allocates the same large tensors step after step reuses pages already
+    faulted in; on leaving, the freed pages go back to the OS (`release_freed_memory`).
+
+    Outside, glibc maps every block over its mmap threshold (32 MB at most) afresh and unmaps
+    it when freed: each PPO update step at 124M faults in ~0.9 GB of embedding gradients,
+    logits and their gradients again, as slowly as ~0.8 GB/s on a VM (benchmarks/NOTES.md,
+    "Large blocks kept in the heap through PPO's update"). The cost is a higher peak inside:
+    the heap fragments. On leaving, glibc's thresholds are set where its dynamic ones end up
+    at 124M (setting them turns the dynamic adjustment off).
+
+    Only with huge pages on (`THP_MEM_ALLOC_ENABLE=1`, the package's default): torch then
+    aligns blocks of 2 MB and more to 2 MB, and the padding leaves glibc room to serve the
+    next request of a freed block's size from it. At torch's usual 64-byte alignment small
+    allocations take the few bytes of slack beside a freed block, and the heap grew by the
+    whole block at every step (measured). A no-op without glibc.
+    """
+    mallopt = _glibc("mallopt")
+    if mallopt is None or os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
+        yield
+        return
+    mallopt(_M_MMAP_MAX, 0)
+    mallopt(_M_TRIM_THRESHOLD, _INT_MAX)  # free() must not shrink the heap's top either
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+        mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
+        release_freed_memory()
 
 
 class PeakMemory:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -133,6 +134,67 @@ def test_release_freed_memory_returns_a_fragmented_heap_to_the_os():
     released_mb, kept = float(out[0]), int(out[1])
     assert released_mb > 150, f"only {released_mb:.0f} MiB of ~190 freed went back to the OS"
     assert kept == 3000
+
+
+# In a fresh process, as FRAGMENTED_HEAP; the heap's size from glibc's mallinfo2
+HEAP_REUSED = """
+import ctypes, json, resource
+import rlhf_exp
+import torch
+from rlhf_exp.memory import _glibc, current_rss_bytes, heap_reused
+if _glibc("mallinfo2") is None:
+    print("null")
+    raise SystemExit
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks hblkhd "
+                "usmblks fsmblks uordblks fordblks keepcost".split()]
+_glibc("mallinfo2").restype = MallInfo2
+def faults_of_a_64_mib_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.ones(16 << 20)  # over glibc's mmap threshold (32 MiB at most)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del block
+    return faults
+heap_mib = lambda: _glibc("mallinfo2")().arena / 2**20
+out = {"outside": [faults_of_a_64_mib_tensor() for _ in range(2)], "heap_before": heap_mib()}
+with heap_reused():
+    out["inside"] = [faults_of_a_64_mib_tensor() for _ in range(8)]
+    out["heap_inside"] = heap_mib()
+    held = current_rss_bytes()
+out["released_mib"] = (held - current_rss_bytes()) / 2**20
+out["after"] = faults_of_a_64_mib_tensor()
+print(json.dumps(out))
+"""
+
+
+def heap_reused_probe(huge_pages: str) -> dict:
+    env = os.environ | {"THP_MEM_ALLOC_ENABLE": huge_pages}
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP_REUSED], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    if json.loads(out) is None:
+        pytest.skip("not glibc: heap_reused does nothing")
+    return json.loads(out)
+
+
+def test_heap_reused_keeps_large_blocks_faulted_in_and_hands_them_back_on_leaving():
+    probe = heap_reused_probe("1")
+    # outside, glibc maps the block afresh each time (2 MiB pages: 32 of them, and more)
+    assert min(probe["outside"]) >= 32, probe
+    # inside, the first blocks grow the heap, later ones reuse its pages, and it stays bounded
+    assert max(probe["inside"][-4:]) < 16, probe
+    assert probe["heap_inside"] - probe["heap_before"] <= 4 * 64 + 16, probe
+    # leaving trims the heap (what it grew by goes back) and gives glibc its mmap threshold
+    assert probe["released_mib"] >= 0.9 * (probe["heap_inside"] - probe["heap_before"]) > 50
+    assert probe["after"] >= 32, probe
+
+
+def test_heap_reused_does_nothing_without_huge_page_alignment():
+    # at 64-byte alignment glibc cannot serve a freed block's size again from it, so keeping
+    # freed blocks would grow the heap by one at every allocation
+    probe = heap_reused_probe("0")
+    assert min(probe["outside"] + probe["inside"]) > 10_000, probe  # 4 KiB pages, all fresh
+    assert probe["heap_inside"] - probe["heap_before"] < 16, probe
 
 
 def test_training_trims_the_heap_where_the_phase_changes_not_between_steps(monkeypatch):

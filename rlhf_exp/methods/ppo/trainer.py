@@ -28,7 +28,7 @@ from rlhf_exp import signals
 from rlhf_exp.config.ppo import PPOSpec
 from rlhf_exp.distributed import any_process
 from rlhf_exp.errors import Interrupted, NonFiniteError
-from rlhf_exp.memory import release_freed_memory
+from rlhf_exp.memory import heap_reused, release_freed_memory
 from rlhf_exp.methods.ppo import checkpoint, core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
 from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect, longest_row
@@ -251,8 +251,8 @@ class PPOTrainer:
             )
         release_freed_memory()  # generation's caches, before the update's activations
         t1 = time.perf_counter()
-        update_stats = self.update(batch)
-        release_freed_memory()
+        with heap_reused():  # each step frees and allocates the same large tensors
+            update_stats = self.update(batch)
         t2 = time.perf_counter()
 
         # one all-reduce for every metric: per-process means, averaged over processes
