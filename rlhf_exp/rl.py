@@ -87,6 +87,19 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
+def without_last_token(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + response minus its last column: what scoring the response needs.
+
+    Position P-1+t predicts response token t, and the state before token t is what the critic
+    values; the last token predicts nothing scored. Causal attention leaves every earlier
+    position as it was, so a forward without it gives the same log-probs and values for one
+    column less, and no slice of the logits (whose backward zero-fills a tensor of their size).
+    """
+    return input_ids[:, :-1], attention_mask[:, :-1]
+
+
 def response_logprobs(
     logits: torch.Tensor, response_ids: torch.Tensor, temperature: float, pad_id: int
 ) -> torch.Tensor:
@@ -166,14 +179,14 @@ def token_logprobs(
     (positions count real tokens only, as `generate` assigned them), so a model scored on its
     own samples reproduces their log-probs.
     """
-    n = response_ids.shape[1]
+    ids, attention = without_last_token(input_ids, attention_mask)
     logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        logits_to_keep=n + 1,  # the lm_head runs on the response positions only
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=position_ids(attention),
+        logits_to_keep=response_ids.shape[1],  # the lm_head runs on the response positions only
         use_cache=False,
-    ).logits[:, :-1]
+    ).logits
     return response_logprobs(logits, response_ids, temperature, pad_id)
 
 

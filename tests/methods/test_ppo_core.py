@@ -134,6 +134,46 @@ def test_rollout_logprobs_match_a_full_forward(tiny_lm):
     assert (r.entropy[r.response_mask.bool()] > 0).all()
 
 
+def test_scoring_without_the_last_token_matches_a_full_forward(tiny_lm):
+    """Log-probs and values come from a forward without the last token (it predicts nothing
+    scored): the same numbers as a full forward's response positions, left padding and all."""
+    from transformers import GPT2ForSequenceClassification
+
+    from rlhf_exp.methods.ppo.models import PolicyAndValue, critic_values
+
+    model, tok = tiny_lm
+    torch.manual_seed(0)
+    r = generate(model, tok, ["the film", "the film number 3 was fine and"], max_new_tokens=6)
+    ids, am, R = r.input_ids, r.attention_mask, r.response_ids.shape[1]
+    critic = GPT2ForSequenceClassification(copy.deepcopy(model.config)).eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=am, position_ids=position_ids(am))
+        full_logits = out.logits[:, -R - 1 : -1]
+        full = response_logprobs(full_logits, r.response_ids, 0.7, tok.pad_token_id)
+        assert torch.allclose(
+            rl.token_logprobs(model, ids, am, r.response_ids, 0.7, tok.pad_token_id),
+            full,
+            atol=1e-6,
+        )
+        hidden = critic.transformer(
+            input_ids=ids, attention_mask=am, position_ids=position_ids(am)
+        ).last_hidden_state
+        expected = critic.score(hidden[:, -R - 1 : -1]).squeeze(-1)
+        assert torch.allclose(critic_values(critic, ids, am, R), expected, atol=1e-6)
+        both = PolicyAndValue(model, None, model.config.n_embd).eval()
+        both.value_head.weight.normal_(0, 1.0)
+        logits, values = both(ids, am, R)
+        trunk = model(
+            input_ids=ids,
+            attention_mask=am,
+            position_ids=position_ids(am),
+            output_hidden_states=True,
+        ).hidden_states[-1][:, -R - 1 : -1]
+    assert logits.shape == full_logits.shape
+    assert torch.allclose(logits, full_logits, atol=1e-5)
+    assert torch.allclose(values, both.value_head(trunk).squeeze(-1), atol=1e-5)
+
+
 def test_lora_reference_is_exactly_the_base_model(tiny_lm):
     base, tok = tiny_lm
     base = copy.deepcopy(base).eval()

@@ -115,12 +115,13 @@ def _update(tiny_lm, tmp_path, train_batch_tokens: int | None):
 
 def test_micro_batches_step_with_the_whole_minibatchs_gradient(tiny_lm, tmp_path):
     whole, whole_shapes, whole_stats, whole_rows = _update(tiny_lm, tmp_path / "a", None)
-    assert whole_rows == 8 and whole_shapes == [(8, P + R)]  # one forward, one step
+    # one forward, one step; the policy sees every token but the last (it predicts nothing)
+    assert whole_rows == 8 and whole_shapes == [(8, P + R - 1)]
     split, shapes, stats, rows = _update(tiny_lm, tmp_path / "b", 1)
     assert rows == 1  # a token budget below one row: a row per micro-batch
     assert len(whole) == len(split) == 1  # one optimiser step either way
     # shortest prompt first, each row cut to its own tokens
-    assert shapes == [(1, n + R) for n in sorted(PROMPT_TOKENS)]
+    assert shapes == [(1, n + R - 1) for n in sorted(PROMPT_TOKENS)]
     for name, grad in whole[0].items():
         assert torch.allclose(split[0][name], grad, rtol=1e-4, atol=1e-7), name
     for key in ("policy/pg_loss", "val/vf_loss", "policy/clipfrac", "policy/approxkl"):

@@ -22,7 +22,7 @@ import peft
 import torch
 from torch import nn
 
-from rlhf_exp.rl import position_ids, token_logprobs
+from rlhf_exp.rl import position_ids, token_logprobs, without_last_token
 
 
 def score_head(model: nn.Module) -> nn.Module:
@@ -64,18 +64,18 @@ class PolicyAndValue(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = position_ids(attention_mask)
+        ids, attention = without_last_token(input_ids, attention_mask)
         out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=pos,
-            logits_to_keep=n_response + 1,  # the lm_head runs on the response positions only
+            input_ids=ids,
+            attention_mask=attention,
+            position_ids=position_ids(attention),
+            logits_to_keep=n_response,  # the lm_head runs on the response positions only
             output_hidden_states=self.critic is None,
             use_cache=False,
         )
-        logits = out.logits[:, :-1]  # (B, R, V): position P-1+t predicts response token t
+        logits = out.logits  # (B, R, V): position P-1+t predicts response token t
         if self.critic is None:
-            hidden = out.hidden_states[-1][:, -n_response - 1 : -1]  # (B, R, H)
+            hidden = out.hidden_states[-1][:, -n_response:]  # (B, R, H)
             values = self.value_head(hidden).squeeze(-1)
         else:
             values = critic_values(self.critic, input_ids, attention_mask, n_response)
@@ -87,13 +87,14 @@ def critic_values(
 ) -> torch.Tensor:
     """The classifier's scalar head applied at every position (not only the last): (B, R)."""
     backbone = getattr(critic, critic.base_model_prefix)
+    ids, attention = without_last_token(input_ids, attention_mask)
     hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=position_ids(attention),
         use_cache=False,
-    ).last_hidden_state  # (B, T, H)
-    return score_head(critic)(hidden[:, -n_response - 1 : -1]).squeeze(-1).float()
+    ).last_hidden_state  # (B, T - 1, H)
+    return score_head(critic)(hidden[:, -n_response:]).squeeze(-1).float()
 
 
 class Reference:
