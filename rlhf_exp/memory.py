@@ -64,6 +64,14 @@ _MMAP_MAX_DEFAULT = 65536
 _INT_MAX = 2**31 - 1
 
 
+def _malloc_tuned() -> bool:
+    """glibc's malloc configured by the environment (its `MALLOC_*_` variables or tunables)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return "glibc.malloc." in tunables or any(
+        name.startswith("MALLOC_") and name.endswith("_") for name in os.environ
+    )
+
+
 @contextlib.contextmanager
 def heap_reused() -> Iterator[None]:
     """Inside: every C allocation comes from glibc's heap and stays there when freed, so a
@@ -81,10 +89,12 @@ def heap_reused() -> Iterator[None]:
     aligns blocks of 2 MB and more to 2 MB, and the padding leaves glibc room to serve the
     next request of a freed block's size from it. At torch's usual 64-byte alignment small
     allocations take the few bytes of slack beside a freed block, and the heap grew by the
-    whole block at every step (measured). A no-op without glibc.
+    whole block at every step (measured). Not when the user tuned glibc's malloc by its
+    environment (`MALLOC_MMAP_THRESHOLD_=2097152` is the README's knob for a run short of
+    memory): their setting stands. A no-op without glibc.
     """
     mallopt = _glibc("mallopt")
-    if mallopt is None or os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
+    if mallopt is None or os.environ.get("THP_MEM_ALLOC_ENABLE") != "1" or _malloc_tuned():
         yield
         return
     mallopt(_M_MMAP_MAX, 0)

@@ -3,6 +3,7 @@ guarded `run_training` (clean stop on signals, NaN check, resume from complete c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
 from rlhf_exp.lm_head import install_cpu_lm_head
-from rlhf_exp.memory import release_freed_memory
+from rlhf_exp.memory import heap_reused, release_freed_memory
 
 if TYPE_CHECKING:
     from rlhf_exp.config.schema import TrainSpec
@@ -351,10 +352,19 @@ class ReleaseFreedMemory(TrainerCallback):
     """Trims the C heap (`release_freed_memory`) where a run changes phase: before the first
     step, before an evaluation or checkpoint, and after each. Not between two training steps:
     they reuse each other's freed memory, and handing it back only to fault it in again cost
-    ~3% of a 124M step (benchmarks/NOTES.md, "Sticky heap")."""
+    ~3% of a 124M step (benchmarks/NOTES.md, "Sticky heap"). From the first step to the end
+    of training, blocks too large for the heap stay in it too (`heap_reused`)."""
+
+    def __init__(self) -> None:
+        self._heap = contextlib.ExitStack()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         release_freed_memory()
+        self._heap.close()  # a trainer's second train() call
+        self._heap.enter_context(heap_reused())
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._heap.close()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # DefaultFlowCallback, first in the list, has already decided what follows this step

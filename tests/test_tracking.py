@@ -167,8 +167,9 @@ print(json.dumps(out))
 """
 
 
-def heap_reused_probe(huge_pages: str) -> dict:
-    env = os.environ | {"THP_MEM_ALLOC_ENABLE": huge_pages}
+def heap_reused_probe(huge_pages: str, **malloc_env: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
+    env |= {"THP_MEM_ALLOC_ENABLE": huge_pages, **malloc_env}
     out = subprocess.run(
         [sys.executable, "-c", HEAP_REUSED], capture_output=True, text=True, check=True, env=env
     ).stdout
@@ -187,6 +188,16 @@ def test_heap_reused_keeps_large_blocks_faulted_in_and_hands_them_back_on_leavin
     # leaving trims the heap (what it grew by goes back) and gives glibc its mmap threshold
     assert probe["released_mib"] >= 0.9 * (probe["heap_inside"] - probe["heap_before"]) > 50
     assert probe["after"] >= 32, probe
+
+
+@pytest.mark.parametrize(
+    "malloc_env",
+    [{"MALLOC_MMAP_THRESHOLD_": "2097152"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}],
+)
+def test_heap_reused_leaves_a_malloc_the_user_tuned_alone(malloc_env):
+    probe = heap_reused_probe("1", **malloc_env)
+    assert min(probe["outside"] + probe["inside"]) >= 32, probe  # mapped afresh every time
+    assert probe["heap_inside"] - probe["heap_before"] < 16, probe
 
 
 def test_heap_reused_does_nothing_without_huge_page_alignment():
@@ -215,6 +226,31 @@ def test_training_trims_the_heap_where_the_phase_changes_not_between_steps(monke
     assert step_end(should_evaluate=True) == 1
     assert step_end(should_save=True) == 1
     assert step_end(should_training_stop=True) == 1
+
+
+def test_training_keeps_large_blocks_in_the_heap_from_its_start_to_its_end(monkeypatch):
+    import contextlib
+
+    import rlhf_exp.training as training
+
+    events = []
+
+    @contextlib.contextmanager
+    def recorded():
+        events.append("keep")
+        yield
+        events.append("hand back")
+
+    monkeypatch.setattr(training, "heap_reused", recorded)
+    monkeypatch.setattr(training, "release_freed_memory", lambda: events.append("trim"))
+    callback = training.ReleaseFreedMemory()
+    callback.on_train_begin(None, None, None)
+    assert events == ["trim", "keep"]
+    callback.on_train_begin(None, None, None)  # train() again: one span at a time
+    assert events == ["trim", "keep", "trim", "hand back", "keep"]
+    callback.on_train_end(None, None, None)
+    callback.on_train_end(None, None, None)  # a second end changes nothing
+    assert events[-2:] == ["keep", "hand back"] and events.count("hand back") == 2
 
 
 # ------------------------------------------------------------------------- the logger group
