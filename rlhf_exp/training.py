@@ -3,7 +3,6 @@ guarded `run_training` (clean stop on signals, NaN check, resume from complete c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -352,19 +351,10 @@ class ReleaseFreedMemory(TrainerCallback):
     """Trims the C heap (`release_freed_memory`) where a run changes phase: before the first
     step, before an evaluation or checkpoint, and after each. Not between two training steps:
     they reuse each other's freed memory, and handing it back only to fault it in again cost
-    ~3% of a 124M step (benchmarks/NOTES.md, "Sticky heap"). From the first step to the end
-    of training, blocks too large for the heap stay in it too (`heap_reused`)."""
-
-    def __init__(self) -> None:
-        self._heap = contextlib.ExitStack()
+    ~3% of a 124M step (benchmarks/NOTES.md, "Sticky heap")."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         release_freed_memory()
-        self._heap.close()  # a trainer's second train() call
-        self._heap.enter_context(heap_reused())
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._heap.close()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # DefaultFlowCallback, first in the list, has already decided what follows this step
@@ -554,7 +544,8 @@ def run_training(trainer: Any, ctx: RunContext, eval_on_start: bool = False) -> 
         return result
     if start is not None:
         log.info("resuming from %s", start)
-    with signals.phase("training", deferred=True):
+    # training steps free and allocate the same large blocks: the heap keeps them
+    with signals.phase("training", deferred=True), heap_reused():
         result = trainer.train(resume_from_checkpoint=str(start) if start else None)
         # also when the signal came after the last step (the group decides together)
         if guard.stopping or any_process(signals.stop_requested()):

@@ -228,31 +228,6 @@ def test_training_trims_the_heap_where_the_phase_changes_not_between_steps(monke
     assert step_end(should_training_stop=True) == 1
 
 
-def test_training_keeps_large_blocks_in_the_heap_from_its_start_to_its_end(monkeypatch):
-    import contextlib
-
-    import rlhf_exp.training as training
-
-    events = []
-
-    @contextlib.contextmanager
-    def recorded():
-        events.append("keep")
-        yield
-        events.append("hand back")
-
-    monkeypatch.setattr(training, "heap_reused", recorded)
-    monkeypatch.setattr(training, "release_freed_memory", lambda: events.append("trim"))
-    callback = training.ReleaseFreedMemory()
-    callback.on_train_begin(None, None, None)
-    assert events == ["trim", "keep"]
-    callback.on_train_begin(None, None, None)  # train() again: one span at a time
-    assert events == ["trim", "keep", "trim", "hand back", "keep"]
-    callback.on_train_end(None, None, None)
-    callback.on_train_end(None, None, None)  # a second end changes nothing
-    assert events[-2:] == ["keep", "hand back"] and events.count("hand back") == 2
-
-
 # ------------------------------------------------------------------------- the logger group
 def test_tensorboard_is_the_default_logger(compose_cfg):
     from rlhf_exp.config.schema import validate

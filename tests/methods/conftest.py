@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +52,32 @@ def trl_fused_head(monkeypatch: pytest.MonkeyPatch) -> Callable[[], bool]:
     says whether the runs since then set it to score only labelled positions on CPU."""
     monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
     return lambda: trl_utils._use_triton is lm_head._compact_on_cpu
+
+
+@pytest.fixture
+def heap_spans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What `rlhf_exp.memory.heap_reused` spans in TRL's training: "keep", then a "step" per
+    training step, then "hand back"."""
+    import contextlib
+
+    import rlhf_exp.training as training
+
+    events: list[str] = []
+    real = training.heap_reused
+
+    @contextlib.contextmanager
+    def recorded() -> Iterator[None]:
+        events.append("keep")
+        with real():
+            yield
+        events.append("hand back")
+
+    step = Trainer.training_step
+
+    def counted(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        events.append("step")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training, "heap_reused", recorded)
+    monkeypatch.setattr(Trainer, "training_step", counted)
+    return events
