@@ -82,8 +82,8 @@ def heap_reused() -> Iterator[None]:
     it when freed: each PPO update step at 124M faults in ~0.9 GB of embedding gradients,
     logits and their gradients again, as slowly as ~0.8 GB/s on a VM (benchmarks/NOTES.md,
     "Large blocks kept in the heap through training steps"). The cost is a higher peak
-    inside: the heap fragments (DPO at 124M: +10-18%). On leaving, glibc's thresholds are set where its dynamic ones end up
-    at 124M (setting them turns the dynamic adjustment off).
+    inside: the heap fragments (DPO at 124M: +10-18%). On leaving, glibc's thresholds are set
+    where its dynamic ones end up at 124M (setting them turns the dynamic adjustment off).
 
     Only with huge pages on (`THP_MEM_ALLOC_ENABLE=1`, the package's default): torch then
     aligns blocks of 2 MB and more to 2 MB, and the padding leaves glibc room to serve the
