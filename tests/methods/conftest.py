@@ -57,7 +57,7 @@ def trl_fused_head(monkeypatch: pytest.MonkeyPatch) -> Callable[[], bool]:
 @pytest.fixture
 def heap_spans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What `rlhf_exp.memory.heap_reused` spans in TRL's training: "keep", then a "step" per
-    training step, then "hand back"."""
+    `Trainer.training_step` call (one per micro-batch), then "hand back"."""
     import contextlib
 
     import rlhf_exp.training as training
