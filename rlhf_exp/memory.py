@@ -37,10 +37,6 @@ def _glibc(function: str) -> Callable[..., int] | None:
     return getattr(libc, function, None)  # glibc only (not macOS, not musl)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    return _glibc("malloc_trim")
-
-
 def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`).
 
@@ -51,7 +47,7 @@ def release_freed_memory() -> None:
     milliseconds, but every page it returns faults in again when next used: call it where a
     run changes phase (and between scoring batches), not between two training steps.
     """
-    trim = _malloc_trim()
+    trim = _glibc("malloc_trim")
     if trim is not None:
         trim(0)
 

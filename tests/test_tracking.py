@@ -108,8 +108,8 @@ def test_peak_memory_sees_an_allocation_made_while_it_runs():
 FRAGMENTED_HEAP = """
 import rlhf_exp  # first, as run.py does
 import torch
-from rlhf_exp.memory import _malloc_trim, current_rss_bytes, release_freed_memory
-if _malloc_trim() is None:
+from rlhf_exp.memory import _glibc, current_rss_bytes, release_freed_memory
+if _glibc("malloc_trim") is None:
     print("no-glibc")
     raise SystemExit
 # 64 KiB blocks sit in the heap (below glibc's mmap threshold); the small blocks kept
