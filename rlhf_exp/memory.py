@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 import resource
 import sys
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _STATM = Path("/proc/self/statm")
+log = logging.getLogger(__name__)
 
 
 def current_rss_bytes() -> int:
@@ -60,6 +62,24 @@ _MMAP_MAX_DEFAULT = 65536
 _INT_MAX = 2**31 - 1
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd")
+        + ("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+def heap_info() -> _MallInfo2 | None:
+    """glibc's `mallinfo2()`: `arena` is the heap's size, `fordblks` its free bytes, `hblkhd`
+    the bytes in blocks mapped on their own; None without glibc 2.33 or newer."""
+    mallinfo2 = _glibc("mallinfo2")
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2()
+
+
 def _malloc_tuned() -> bool:
     """glibc's malloc configured by the environment (its `MALLOC_*_` variables or tunables)."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
@@ -68,18 +88,67 @@ def _malloc_tuned() -> bool:
     )
 
 
+def _map_large_blocks_again() -> None:
+    """glibc's mapping of large blocks back, at the thresholds its dynamic ones reach at 124M
+    (setting them turns the dynamic adjustment off), and the heap's free pages to the OS."""
+    mallopt = _glibc("mallopt")
+    mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+    mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
+    release_freed_memory()
+
+
+class HeapReuse:
+    """What `heap_reused()` yields: call `step_done()` after each training step, and
+    `phase_changed()` after trimming the heap where the run changes phase.
+
+    glibc cannot always hand a freed large block out again: torch asks for 2 MB alignment,
+    which glibc serves from a free chunk only with 2 MB to spare, and a small block allocated
+    from the heap's top while a large one lived keeps the freed one from merging with what
+    follows it. Then every step grows the heap by its large blocks instead of reusing them
+    (a fresh process on this host: sometimes, from the first step on; a 64 KiB block kept per
+    step: every time). So the RSS after the first step, plus the heap's free bytes then (one
+    more step's freed blocks), is a limit: past it, large blocks are mapped on their own again
+    for the rest of the span, and the heap's free pages go back to the OS.
+    """
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self._limit: int | None = None
+
+    def step_done(self) -> None:
+        if not self.active:
+            return
+        rss = current_rss_bytes()
+        if self._limit is None:
+            self._limit = rss + heap_info().fordblks
+        elif rss > self._limit:
+            log.info(
+                "heap_reused: the heap grew past %.0f MiB instead of reusing freed blocks; "
+                "large blocks are mapped afresh for the rest of this span",
+                self._limit / 2**20,
+            )
+            self.active = False
+            _map_large_blocks_again()
+
+    def phase_changed(self) -> None:
+        """The heap was trimmed (an evaluation, a checkpoint): the next step sets the limit."""
+        self._limit = None
+
+
 @contextlib.contextmanager
-def heap_reused() -> Iterator[None]:
+def heap_reused() -> Iterator[HeapReuse]:
     """Inside: every C allocation comes from glibc's heap and stays there when freed, so a
-    loop that frees and allocates the same large tensors step after step reuses pages already
-    faulted in; on leaving, the freed pages go back to the OS (`release_freed_memory`).
+    loop that frees and allocates the same large tensors step after step can reuse pages
+    already faulted in; on leaving, the freed pages go back to the OS (`release_freed_memory`).
 
     Outside, glibc maps every block over its mmap threshold (32 MB at most) afresh and unmaps
     it when freed: each PPO update step at 124M faults in ~0.9 GB of embedding gradients,
     logits and their gradients again, as slowly as ~0.8 GB/s on a VM (benchmarks/NOTES.md,
     "Large blocks kept in the heap through training steps"). The cost is a higher peak
-    inside: the heap fragments (DPO at 124M: +10-18%). On leaving, glibc's thresholds are set
-    where its dynamic ones end up at 124M (setting them turns the dynamic adjustment off).
+    inside: the heap fragments (DPO at 124M: +10-18%). Whether glibc reuses a freed block
+    depends on where small blocks landed meanwhile: the yielded `HeapReuse` bounds the heap
+    when it does not.
 
     Only with huge pages on (`THP_MEM_ALLOC_ENABLE=1`, the package's default): torch then
     aligns blocks of 2 MB and more to 2 MB, and the padding leaves glibc room to serve the
@@ -90,18 +159,22 @@ def heap_reused() -> Iterator[None]:
     memory): their setting stands. A no-op without glibc.
     """
     mallopt = _glibc("mallopt")
-    if mallopt is None or os.environ.get("THP_MEM_ALLOC_ENABLE") != "1" or _malloc_tuned():
-        yield
+    if (
+        mallopt is None
+        or heap_info() is None
+        or os.environ.get("THP_MEM_ALLOC_ENABLE") != "1"
+        or _malloc_tuned()
+    ):
+        yield HeapReuse(active=False)
         return
     mallopt(_M_MMAP_MAX, 0)
     mallopt(_M_TRIM_THRESHOLD, _INT_MAX)  # free() must not shrink the heap's top either
+    heap = HeapReuse(active=True)
     try:
-        yield
+        yield heap
     finally:
-        mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-        mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
-        release_freed_memory()
+        if heap.active:
+            _map_large_blocks_again()
 
 
 class PeakMemory:

@@ -61,15 +61,16 @@ def heap_spans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     import contextlib
 
     import rlhf_exp.training as training
+    from rlhf_exp.memory import HeapReuse
 
     events: list[str] = []
     real = training.heap_reused
 
     @contextlib.contextmanager
-    def recorded() -> Iterator[None]:
+    def recorded() -> Iterator[HeapReuse]:
         events.append("keep")
-        with real():
-            yield
+        with real() as heap:
+            yield heap
         events.append("hand back")
 
     step = Trainer.training_step

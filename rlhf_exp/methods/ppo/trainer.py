@@ -28,7 +28,7 @@ from rlhf_exp import signals
 from rlhf_exp.config.ppo import PPOSpec
 from rlhf_exp.distributed import any_process
 from rlhf_exp.errors import Interrupted, NonFiniteError
-from rlhf_exp.memory import heap_reused, release_freed_memory
+from rlhf_exp.memory import HeapReuse, heap_reused, release_freed_memory
 from rlhf_exp.methods.ppo import checkpoint, core
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference
 from rlhf_exp.methods.ppo.rollout import PromptSchedule, ScoreFn, collect, longest_row
@@ -251,8 +251,8 @@ class PPOTrainer:
             )
         release_freed_memory()  # generation's caches, before the update's activations
         t1 = time.perf_counter()
-        with heap_reused():  # each step frees and allocates the same large tensors
-            update_stats = self.update(batch)
+        with heap_reused() as heap:  # each step frees and allocates the same large tensors
+            update_stats = self.update(batch, heap)
         t2 = time.perf_counter()
 
         # one all-reduce for every metric: per-process means, averaged over processes
@@ -279,9 +279,9 @@ class PPOTrainer:
         self.kl_ctl.update(metrics["objective/kl"], spec.rollout_batch_size * acc.num_processes)
         return metrics
 
-    def update(self, batch) -> dict[str, torch.Tensor]:
+    def update(self, batch, heap: HeapReuse | None = None) -> dict[str, torch.Tensor]:
         """`ppo_epochs` passes over shuffled minibatches; the stats are token means over each
-        minibatch, averaged over the minibatches."""
+        minibatch, averaged over the minibatches. `heap` hears of each optimiser step."""
         spec, acc = self.spec, self.accelerator
         B, per_step = batch.mask.shape[0], self.micro_rows * acc.gradient_accumulation_steps
         n_response = batch.response_ids.shape[1]
@@ -323,6 +323,8 @@ class PPOTrainer:
                         if acc.sync_gradients:
                             self.scheduler.step()
                         self.optimizer.zero_grad()
+                    if acc.sync_gradients and heap is not None:
+                        heap.step_done()
                     stats = {
                         "policy/pg_loss": pg_loss.detach(),
                         "policy/approxkl": pg.approxkl,
