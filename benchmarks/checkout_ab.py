@@ -50,6 +50,10 @@ JOBS = {
         ("train/loss", "time/rollout_total_s", "time/update_total_s", "objective/scores"),
     ),
     "sft-embedded": (at_124m.embedded_workspace("sft"), ("train/loss", "eval/loss")),
+    "sft-embedded-40": (
+        at_124m.embedded_workspace("sft", "method.max_steps=40", "method.num_train_epochs=100"),
+        ("train/loss", "eval/loss"),
+    ),
     "reward-embedded": (at_124m.embedded_workspace("reward"), ("train/loss", "eval/accuracy")),
     "dpo-embedded": (at_124m.embedded_workspace("dpo"), ("train/loss", "eval/loss")),
 }

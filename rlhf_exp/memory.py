@@ -99,17 +99,17 @@ def _map_large_blocks_again() -> None:
 
 
 class HeapReuse:
-    """What `heap_reused()` yields: call `step_done()` after each training step, and
-    `phase_changed()` after trimming the heap where the run changes phase.
+    """What `heap_reused()` yields: call `step_done()` after each optimiser step.
 
     glibc cannot always hand a freed large block out again: torch asks for 2 MB alignment,
     which glibc serves from a free chunk only with 2 MB to spare, and a small block allocated
     from the heap's top while a large one lived keeps the freed one from merging with what
-    follows it. Then every step grows the heap by its large blocks instead of reusing them
-    (a fresh process on this host: sometimes, from the first step on; a 64 KiB block kept per
-    step: every time). So the RSS after the first step, plus the heap's free bytes then (one
-    more step's freed blocks), is a limit: past it, large blocks are mapped on their own again
-    for the rest of the span, and the heap's free pages go back to the OS.
+    follows it. Then steps grow the heap by their large blocks instead of reusing them (in a
+    fresh process: sometimes from the first step on; with a 64 KiB block kept per step, every
+    time; DPO at 124M: by its 147 MiB embedding gradient at every step). So the RSS after the
+    first step, plus the heap's free bytes then (one more step's freed blocks), is a limit:
+    past it, large blocks are mapped on their own again for the rest of the span, and the
+    heap's free pages go back to the OS.
     """
 
     def __init__(self, active: bool) -> None:
@@ -131,10 +131,6 @@ class HeapReuse:
             self.active = False
             _map_large_blocks_again()
 
-    def phase_changed(self) -> None:
-        """The heap was trimmed (an evaluation, a checkpoint): the next step sets the limit."""
-        self._limit = None
-
 
 @contextlib.contextmanager
 def heap_reused() -> Iterator[HeapReuse]:
@@ -144,11 +140,11 @@ def heap_reused() -> Iterator[HeapReuse]:
 
     Outside, glibc maps every block over its mmap threshold (32 MB at most) afresh and unmaps
     it when freed: each PPO update step at 124M faults in ~0.9 GB of embedding gradients,
-    logits and their gradients again, as slowly as ~0.8 GB/s on a VM (benchmarks/NOTES.md,
-    "Large blocks kept in the heap through training steps"). The cost is a higher peak
-    inside: the heap fragments (DPO at 124M: +10-18%). Whether glibc reuses a freed block
-    depends on where small blocks landed meanwhile: the yielded `HeapReuse` bounds the heap
-    when it does not.
+    logits and their gradients again, slowly on a VM. PPO's update runs inside, one span per
+    iteration: 1.06-1.12x faster at 124M for +2-3% peak RSS. TRL's trainers do not: SFT at
+    124M ran 1.25x faster inside, but its heap grew by 147 MiB every few steps without end
+    (DPO's: every step; benchmarks/NOTES.md, "The heap span over TRL's training"). Whether glibc reuses a freed block depends on where
+    small blocks landed meanwhile: the yielded `HeapReuse` bounds the heap when it does not.
 
     Only with huge pages on (`THP_MEM_ALLOC_ENABLE=1`, the package's default): torch then
     aligns blocks of 2 MB and more to 2 MB, and the padding leaves glibc room to serve the

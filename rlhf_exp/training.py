@@ -20,7 +20,7 @@ from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
 from rlhf_exp.lm_head import install_cpu_lm_head
-from rlhf_exp.memory import HeapReuse, heap_reused, release_freed_memory
+from rlhf_exp.memory import release_freed_memory
 
 if TYPE_CHECKING:
     from rlhf_exp.config.schema import TrainSpec
@@ -351,31 +351,21 @@ class ReleaseFreedMemory(TrainerCallback):
     """Trims the C heap (`release_freed_memory`) where a run changes phase: before the first
     step, before an evaluation or checkpoint, and after each. Not between two training steps:
     they reuse each other's freed memory, and handing it back only to fault it in again cost
-    ~3% of a 124M step (benchmarks/NOTES.md, "Sticky heap"). Between them, `heap` (set while
-    training runs inside `heap_reused`) checks that the heap did reuse it."""
-
-    def __init__(self) -> None:
-        self.heap = HeapReuse(active=False)
-
-    def _trim(self) -> None:
-        release_freed_memory()
-        self.heap.phase_changed()
+    ~3% of a 124M step (benchmarks/NOTES.md, "Sticky heap")."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._trim()
+        release_freed_memory()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # DefaultFlowCallback, first in the list, has already decided what follows this step
         if control.should_evaluate or control.should_save or control.should_training_stop:
-            self._trim()
-        else:
-            self.heap.step_done()
+            release_freed_memory()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._trim()
+        release_freed_memory()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._trim()
+        release_freed_memory()
 
 
 class LossState(TrainerCallback):
@@ -543,8 +533,7 @@ def run_training(trainer: Any, ctx: RunContext, eval_on_start: bool = False) -> 
     trainer.add_callback(sums)  # before the guard marks a save complete
     guard = TrainingGuard()
     trainer.add_callback(guard)
-    release = ReleaseFreedMemory()
-    trainer.add_callback(release)
+    trainer.add_callback(ReleaseFreedMemory)
     if trainer.args.train_sampling_strategy == "group_by_length":
         feed_lengths(trainer)
     if start is not None and finished_checkpoint(trainer, start):
@@ -555,8 +544,7 @@ def run_training(trainer: Any, ctx: RunContext, eval_on_start: bool = False) -> 
         return result
     if start is not None:
         log.info("resuming from %s", start)
-    # training steps free and allocate the same large blocks: the heap keeps them
-    with signals.phase("training", deferred=True), heap_reused() as release.heap:
+    with signals.phase("training", deferred=True):
         result = trainer.train(resume_from_checkpoint=str(start) if start else None)
         # also when the signal came after the last step (the group decides together)
         if guard.stopping or any_process(signals.stop_requested()):

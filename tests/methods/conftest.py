@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +52,3 @@ def trl_fused_head(monkeypatch: pytest.MonkeyPatch) -> Callable[[], bool]:
     says whether the runs since then set it to score only labelled positions on CPU."""
     monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
     return lambda: trl_utils._use_triton is lm_head._compact_on_cpu
-
-
-@pytest.fixture
-def heap_spans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What `rlhf_exp.memory.heap_reused` spans in TRL's training: "keep", then a "step" per
-    `Trainer.training_step` call (one per micro-batch), then "hand back"."""
-    import contextlib
-
-    import rlhf_exp.training as training
-    from rlhf_exp.memory import HeapReuse
-
-    events: list[str] = []
-    real = training.heap_reused
-
-    @contextlib.contextmanager
-    def recorded() -> Iterator[HeapReuse]:
-        events.append("keep")
-        with real() as heap:
-            yield heap
-        events.append("hand back")
-
-    step = Trainer.training_step
-
-    def counted(self: Trainer, *args: Any, **kwargs: Any) -> Any:
-        events.append("step")
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(training, "heap_reused", recorded)
-    monkeypatch.setattr(Trainer, "training_step", counted)
-    return events

@@ -5,6 +5,7 @@ as one whole minibatch."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -75,8 +76,8 @@ def _batch(model, pad_id: int) -> Batch:
 
 
 def _update(tiny_lm, tmp_path, train_batch_tokens: int | None):
-    """One minibatch, one epoch: the gradients the optimiser steps with, the forwards' shapes
-    and the update's stats."""
+    """One minibatch, one epoch: the gradients the optimiser steps with (one per step the heap
+    heard of), the forwards' shapes and the update's stats."""
     base, tok = tiny_lm
     policy = copy.deepcopy(base)
     model = PolicyAndValue(policy, None, hidden_size(policy)).eval()
@@ -108,8 +109,10 @@ def _update(tiny_lm, tmp_path, train_batch_tokens: int | None):
         lambda module, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)),
         with_kwargs=True,
     )
-    stats = trainer.update(batch)
+    heard = []
+    stats = trainer.update(batch, SimpleNamespace(step_done=lambda: heard.append(len(grads))))
     hook.remove()
+    assert heard == list(range(1, len(grads) + 1))  # told after each optimiser step, once
     return grads, widths, stats, trainer.micro_rows
 
 

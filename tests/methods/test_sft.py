@@ -13,12 +13,9 @@ from tests.methods.weights import changed_tensors, load_weights, lora_targets
 pytestmark = pytest.mark.slow
 
 
-def test_sft_lowers_eval_loss_and_logs(run_method, evaluation_steps, trl_fused_head, heap_spans):
+def test_sft_lowers_eval_loss_and_logs(run_method, evaluation_steps, trl_fused_head):
     metrics, run_dir, _, _ = run_method("method=sft")
     assert trl_fused_head()  # CPU scored only the reply tokens (tests/test_lm_head.py)
-    # every training step ran with the heap keeping large blocks, handed back after
-    assert heap_spans[0] == "keep" and heap_spans[-1] == "hand back"
-    assert set(heap_spans[1:-1]) == {"step"} and len(heap_spans) - 2 >= 40
     # Measured on the fast preset: 7.46 -> 4.55 (x0.61) after 40 steps; asserts x0.8.
     assert metrics["eval/loss"] < 0.8 * metrics["eval/loss_initial"]
     assert metrics["train/global_step"] == 40
