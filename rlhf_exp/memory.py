@@ -143,8 +143,9 @@ def heap_reused() -> Iterator[HeapReuse]:
     logits and their gradients again, slowly on a VM. PPO's update runs inside, one span per
     iteration: 1.06-1.12x faster at 124M for +2-3% peak RSS. TRL's trainers do not: SFT at
     124M ran 1.25x faster inside, but its heap grew by 147 MiB every few steps without end
-    (DPO's: every step; benchmarks/NOTES.md, "The heap span over TRL's training"). Whether glibc reuses a freed block depends on where
-    small blocks landed meanwhile: the yielded `HeapReuse` bounds the heap when it does not.
+    (DPO's: every step; benchmarks/NOTES.md, "The heap span over TRL's training"). Whether
+    glibc reuses a freed block depends on where small blocks landed meanwhile: the yielded
+    `HeapReuse` bounds the heap when it does not.
 
     Only with huge pages on (`THP_MEM_ALLOC_ENABLE=1`, the package's default): torch then
     aligns blocks of 2 MB and more to 2 MB, and the padding leaves glibc room to serve the
