@@ -163,10 +163,12 @@ with heap_reused() as heap:
 out["released"] = (held - current_rss_bytes()) / MiB
 out["after"] = a_block()
 with heap_reused() as heap:  # steps that keep the RSS keep it on; past the limit it turns off
+    torch.ones(BLOCK)  # freed at once: a step's worth of resident free heap
     for _ in range(3):
         heap.step_done()
     out["steady"] = heap.active
-    kept = [torch.ones(BLOCK) for _ in range(2 + heap_info().fordblks // (BLOCK * 4))]
+    # more than twice the free heap: past the limit even if every free byte were reused
+    kept = [torch.ones(BLOCK) for _ in range(2 + 2 * heap_info().fordblks // (BLOCK * 4))]
     heap.step_done()
     out["past_limit"] = {"active": heap.active, "then": a_block()}
 print(json.dumps(out))
