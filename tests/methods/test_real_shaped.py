@@ -285,12 +285,12 @@ def test_ppo_splits_long_prompts_into_micro_batches_within_the_token_budget(
     forwards: list[tuple[int, int]] = []
     update = PPOTrainer.update
 
-    def recorded(self, batch):
+    def recorded(self, batch, *heap):
         hook = self.unwrapped.policy.register_forward_pre_hook(
             lambda module, a, kw: forwards.append(tuple(kw["input_ids"].shape)), with_kwargs=True
         )
         try:
-            return update(self, batch)
+            return update(self, batch, *heap)
         finally:
             hook.remove()
 
