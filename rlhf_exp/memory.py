@@ -158,7 +158,7 @@ def heap_reused() -> Iterator[HeapReuse]:
     mallopt = _glibc("mallopt")
     if (
         mallopt is None
-        or heap_info() is None
+        or _glibc("mallinfo2") is None  # the limit reads the heap's free bytes
         or os.environ.get("THP_MEM_ALLOC_ENABLE") != "1"
         or _malloc_tuned()
     ):
