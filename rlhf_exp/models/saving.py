@@ -4,8 +4,8 @@ reloads, with its LoRA adapters merged in.
 A merged weight (base + adapter delta) is a new tensor the size of the base weight, so merging
 every adapted layer at once holds a second copy of most of the model at save time: 340 MB at
 124M, ~13 GB for a 7B model, on whatever device holds the model. Instead transformers writes the
-base model's shards from the tensors themselves (no copies), and each shard that holds adapted
-weights is then rewritten with them merged: one shard and one merged weight in memory at a time.
+base model's shards from the tensors themselves (no copies), then each adapted weight is merged
+and written over its base weight's bytes in the shard: one merged weight in memory at a time.
 
 The checkpoint is built in a hidden sibling directory and renamed into place at the end, so an
 interrupted save leaves the previous model (or none), never a half-merged one.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +24,6 @@ from typing import Any
 
 import peft
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -85,11 +84,13 @@ def _save_whole(
     del state_dict
     unwritten = merge_into_shards(building, merges)
     if unwritten:
-        # transformers did not write these under their own names: tied to another weight, or
-        # renamed to the checkpoint format of a model whose weights it converts on loading
+        # transformers did not write these under their own names (tied to another weight, or
+        # renamed to the checkpoint format of a model whose weights it converts on loading), or
+        # wrote them in another dtype or shape
         log.warning(
-            "saving: %s's checkpoint has no key %r (tied or renamed on saving): merging its "
-            "%d adapted weights in memory instead, which holds a copy of them while saving",
+            "saving: %s's checkpoint does not hold %r as the model has it (tied, renamed or "
+            "converted on saving): merging its %d adapted weights in memory instead, which "
+            "holds a copy of them while saving",
             type(plain).__name__, unwritten[0], len(merges),
         )  # fmt: skip
         _write(plain, tokenizer, building, merged_state_dict(model))
@@ -177,16 +178,17 @@ def merged_state_dict(model: peft.PeftModel, keep_vars: bool = False) -> dict[st
 
 
 def merge_into_shards(directory: Path, merges: Merges) -> list[str]:
-    """Rewrite the safetensors shards in `directory` that hold keys of `merges` with those
-    weights merged, one shard at a time; returns the keys of `merges` no shard holds."""
+    """Write each weight of `merges`, merged, over its unmerged bytes in the safetensors shards
+    in `directory`, one weight in memory at a time; returns the keys of `merges` no shard holds
+    as a tensor of the merged weight's dtype and shape (those are not written)."""
     if not merges:
         return []
     index = directory / SAFE_WEIGHTS_INDEX_NAME
     if index.exists():
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
     else:
-        with safe_open(directory / SAFE_WEIGHTS_NAME, framework="pt") as single:
-            weight_map = dict.fromkeys(single.keys(), SAFE_WEIGHTS_NAME)
+        weight_map = dict.fromkeys(_tensor_entries(directory / SAFE_WEIGHTS_NAME)[1],
+                                   SAFE_WEIGHTS_NAME)  # fmt: skip
     unwritten = [key for key in merges if key not in weight_map]
     if unwritten:
         return unwritten
@@ -195,14 +197,36 @@ def merge_into_shards(directory: Path, merges: Merges) -> list[str]:
         by_file[weight_map[key]].append(key)
     for file, keys in by_file.items():
         path = directory / file
-        with safe_open(path, framework="pt") as shard:
-            metadata = shard.metadata()
-            names = shard.keys()  # a safe_open handle is not iterable
-            tensors = {name: shard.get_tensor(name) for name in names if name not in keys}
-        for key in keys:
-            tensors[key] = merges[key]().to("cpu").contiguous()
-        written = path.with_name(f"{path.name}.merged")
-        save_file(tensors, written, metadata=metadata)
-        del tensors
-        written.replace(path)  # not over the file just read: its tensors may map it
+        data_start, entries = _tensor_entries(path)
+        # a merged weight has its base weight's dtype and shape, so its bytes fit exactly where
+        # the base weight's are: no shard is read into memory or built again (safetensors can
+        # only write whole files)
+        with path.open("r+b") as shard:
+            for key in keys:
+                merged = merges[key]().to("cpu").contiguous()
+                entry = entries[key]
+                begin, end = entry["data_offsets"]
+                if (_SAFETENSORS_DTYPES.get(merged.dtype) != entry["dtype"]
+                        or list(merged.shape) != entry["shape"]
+                        or end - begin != merged.numel() * merged.element_size()):  # fmt: skip
+                    return [key]  # the caller writes the whole checkpoint another way
+                shard.seek(data_start + begin)
+                shard.write(merged.view(torch.uint8).numpy().data)
+                del merged
     return []
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+}  # fmt: skip
+
+
+def _tensor_entries(path: Path) -> tuple[int, dict[str, Any]]:
+    """A safetensors file's header: where its data starts, and each tensor's dtype, shape and
+    byte offsets within the data (the format's fixed layout: a little-endian u64 header size,
+    then the header as JSON)."""
+    with path.open("rb") as file:
+        (size,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(size))
+    header.pop("__metadata__", None)
+    return 8 + size, header

@@ -118,21 +118,26 @@ def test_interrupted_save_keeps_the_previous_model(tiny_lm, tmp_path, monkeypatc
 
     second = _lora_lm(tokenizer, seed=1)
     monkeypatch.setattr(saving, "SAVE_SHARD", "1KB")
-    real_save_file = saving.save_file
+    real_merge_of = saving._merge_of
     calls = []
 
-    def dies_on_the_second_shard(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 2:
-            raise OSError("No space left on device")
-        return real_save_file(*args, **kwargs)
+    def dies_on_the_second_merge(layer, module, adapter):
+        merge = real_merge_of(layer, module, adapter)
 
-    monkeypatch.setattr(saving, "save_file", dies_on_the_second_shard)
+        def build():
+            calls.append(1)
+            if len(calls) == 2:  # the first merged weight is already written over its shard
+                raise OSError("No space left on device")
+            return merge()
+
+        return build
+
+    monkeypatch.setattr(saving, "_merge_of", dies_on_the_second_merge)
     with pytest.raises(OSError, match="No space left"):
         save_merged(second, tokenizer, tmp_path / "model")
     assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == saved
 
-    monkeypatch.setattr(saving, "save_file", real_save_file)
+    monkeypatch.setattr(saving, "_merge_of", real_merge_of)
     save_merged(second, tokenizer, tmp_path / "model")
     expected = copy.deepcopy(second).merge_and_unload().state_dict()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
@@ -149,8 +154,26 @@ def test_weight_saved_under_another_name_is_merged_in_memory(tiny_lm, tmp_path, 
     expected = merged_state_dict(model)
     with caplog.at_level(logging.WARNING, logger="rlhf_exp.models.saving"):
         save_merged(model, tokenizer, tmp_path / "model")
-    assert "checkpoint has no key 'lm_head.weight'" in caplog.text
+    assert "checkpoint does not hold 'lm_head.weight'" in caplog.text
     with safe_open(tmp_path / "model" / "model.safetensors", framework="pt") as saved:
         assert set(saved.keys()) == set(expected)
         assert all(torch.equal(saved.get_tensor(k), expected[k]) for k in expected)
     assert not torch.equal(expected["lm_head.weight"], expected["transformer.wte.weight"])
+
+
+def test_a_merged_weight_of_another_dtype_is_not_written_over_the_base_one(tiny_lm, tmp_path):
+    """The merged bytes go where the base weight's are only when they fit exactly; otherwise
+    the key comes back and the shard is left for the caller to write another way."""
+    _, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    plain = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tokenizer)))
+    plain.save_pretrained(tmp_path)
+    key = "transformer.h.0.attn.c_attn.weight"
+    before = (tmp_path / "model.safetensors").read_bytes()
+    for wrong in (torch.zeros(32, 96, dtype=torch.bfloat16), torch.zeros(96, 32)):
+        assert saving.merge_into_shards(tmp_path, {key: lambda w=wrong: w}) == [key]
+        assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert saving.merge_into_shards(tmp_path, {key: lambda: torch.ones(32, 96)}) == []
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path).state_dict()
+    assert torch.equal(reloaded[key], torch.ones(32, 96))
+    assert all(torch.equal(reloaded[k], v) for k, v in plain.state_dict().items() if k != key)
