@@ -94,17 +94,18 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     )
     with compute_precision(cfg.model.precision):
         before = pairwise_accuracy(scorer, test.dataset)
-    # Beside the RM: does it learn more than word counts on the same pairs?
-    lexical = lexical_baseline(task.pref_train.select(train.kept), task.pref_test.select(test.kept))
-    log.info(
-        "reward: lexical baseline (bag-of-words logistic regression) held-out accuracy %.3f",
-        lexical["accuracy"],
-    )
     result = run_training(trainer, ctx)
     save_merged(trainer.model, tokenizer, ctx.model_dir)  # before evaluating: never lost
     with compute_precision(cfg.model.precision):
         after = pairwise_accuracy(scorer, test.dataset)
     loss = final_eval_metrics(trainer)["eval_loss"]
+    # Beside the RM: does it learn more than word counts on the same pairs? Last, because the
+    # memory scikit-learn takes stays with the process (~70 MB; benchmarks/NOTES.md).
+    lexical = lexical_baseline(task.pref_train.select(train.kept), task.pref_test.select(test.kept))
+    log.info(
+        "reward: lexical baseline (bag-of-words logistic regression) held-out accuracy %.3f",
+        lexical["accuracy"],
+    )
     return {
         "train/loss": result.training_loss,
         "train/pairs": len(train.dataset),
