@@ -185,7 +185,7 @@ class TrainSpec:
     per_device_eval_batch_size: int = _f(64, ge=1, le=MAX_BATCH, why_high=BATCH)
     # Padded tokens per evaluation batch, at most (fewer rows per batch when they are long;
     # one row always). Held-out scoring by a reward model batches to it too.
-    eval_batch_tokens: int = _f(2048, ge=1, le=MAX_BATCH_TOKENS, why_high=BATCH)
+    eval_batch_tokens: int = _f(4096, ge=1, le=MAX_BATCH_TOKENS, why_high=BATCH)
     # Padded tokens per training micro-batch, at most: long rows are split into more
     # micro-batches of the same step (per_device_train_batch_size x gradient_accumulation_steps
     # rows per optimiser step either way).
@@ -247,6 +247,7 @@ class RewardSpec(TrainSpec):
     per_device_train_batch_size: int = _f(8, ge=1)  # x4 accumulation: 32 pairs a step
     gradient_accumulation_steps: int = _f(4, ge=1)
     center_rewards_coefficient: float | None = _f(None, ge=0)
+    eval_batch_tokens: int = _f(2048, ge=1, le=MAX_BATCH_TOKENS, why_high=BATCH)
 
 
 def _method_specs() -> dict[str, type[TrainSpec]]:
