@@ -145,8 +145,8 @@ def _lora_parts(model: peft.PeftModel) -> tuple[dict[str, torch.Tensor], Merges,
 
 def _merge_of(layer: torch.nn.Module, module: Any, adapter: str) -> Callable[[], torch.Tensor]:
     def merged() -> torch.Tensor:
-        with torch.no_grad():
-            return layer.weight + module.get_delta_weight(adapter)
+        with torch.no_grad():  # in the base weight's dtype, as peft's in-place merge leaves it
+            return (layer.weight + module.get_delta_weight(adapter)).to(layer.weight.dtype)
 
     return merged
 

@@ -177,3 +177,28 @@ def test_a_merged_weight_of_another_dtype_is_not_written_over_the_base_one(tiny_
     reloaded = GPT2LMHeadModel.from_pretrained(tmp_path).state_dict()
     assert torch.equal(reloaded[key], torch.ones(32, 96))
     assert all(torch.equal(reloaded[k], v) for k, v in plain.state_dict().items() if k != key)
+
+
+def test_a_bf16_base_is_merged_in_place_in_bf16(tiny_lm, tmp_path, caplog):
+    """peft keeps the adapters of a bf16 model in fp32; the merged weight is written in the base
+    weight's dtype, as peft's own merge leaves it, so it fits over the base weight's bytes."""
+    _, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tokenizer)))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True,
+                      task_type="CAUSAL_LM")  # fmt: skip
+    model = get_peft_model(base.to(torch.bfloat16), lora)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                assert param.dtype == torch.float32
+                param.normal_()
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+    with caplog.at_level(logging.WARNING, logger="rlhf_exp.models.saving"):
+        save_merged(model, tokenizer, tmp_path / "model")
+    assert caplog.text == ""  # no fallback to merging in memory
+    with safe_open(tmp_path / "model" / "model.safetensors", framework="pt") as saved:
+        key = "transformer.h.0.attn.c_attn.weight"
+        assert saved.get_tensor(key).dtype == torch.bfloat16
+        names = saved.keys()  # a safe_open handle is not iterable
+        assert all(torch.equal(saved.get_tensor(k), expected[k]) for k in names)
