@@ -237,15 +237,20 @@ def section_seed_job(ws: Any, reps: int) -> dict[str, Any]:
     return {"data": out, "table": rows}
 
 
-def section_seed_job_512(ws: Any, reps: int) -> dict[str, Any]:
-    """The seed job at 512 tokens alone (no 1,024-token point, no memory timelines): a quicker
+def _seed_job_at(max_length: int) -> Callable[[Any, int], dict[str, Any]]:
+    """The seed job at one max_length alone (no other point, no memory timelines): a quicker
     re-measure of the target that moves most between machines."""
-    steps = 3 if ws.quick else 8
-    sft, pairs, lr = _seed_setup(ws, steps)
-    point = seed_job_point(ws, sft, pairs, lr, 512, steps, reps)
-    rows = [f"Seed job at 512 tokens, {steps} steps (as `seed_job`)", "", *SEED_TABLE_HEADER]
-    rows += point.pop("rows")
-    return {"data": {"steps": steps, **point}, "table": rows}
+
+    def section(ws: Any, reps: int) -> dict[str, Any]:
+        steps = 3 if ws.quick else 8
+        sft, pairs, lr = _seed_setup(ws, steps)
+        point = seed_job_point(ws, sft, pairs, lr, max_length, steps, reps)
+        rows = [f"Seed job at {max_length} tokens, {steps} steps (as `seed_job`)", "",
+                *SEED_TABLE_HEADER]  # fmt: skip
+        rows += point.pop("rows")
+        return {"data": {"steps": steps, **point}, "table": rows}
+
+    return section
 
 
 def _seed_setup(ws: Any, steps: int) -> tuple[Path, Path, float]:
@@ -539,7 +544,8 @@ def section_checkpointing_124m(ws: Any, reps: int) -> dict[str, Any]:
 
 SECTIONS_124M = {
     "seed_job": section_seed_job,
-    "seed_job_512": section_seed_job_512,
+    "seed_job_512": _seed_job_at(512),
+    "seed_job_1024": _seed_job_at(1024),
     "mfu_124m": section_mfu_124m,
     "checkpointing_124m": section_checkpointing_124m,
     "huge_pages_124m": section_huge_pages_124m,

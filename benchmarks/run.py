@@ -8,6 +8,7 @@ sections at GPT-2 small's size in `at_124m.py`.
     python benchmarks/run.py overhead naive    # chosen sections
     python benchmarks/run.py seed_job mfu_124m checkpointing_124m   # at 124M (at_124m.py)
     python benchmarks/run.py seed_job_512 --reps 2  # its 512-token point alone (~15 min)
+    python benchmarks/run.py seed_job_1024          # its 1,024-token point alone (~15 min)
     python benchmarks/ppo_peers.py             # PPO against TRL's RLOO, GRPO and 1.12 PPO
     python benchmarks/memory_timeline.py -- python run.py ...   # RSS phase by phase
 
