@@ -7,7 +7,7 @@ Fields inherited from `TrainSpec` keep their meaning, with PPO's reading of them
   per_device_train_batch_size  micro-batch of one forward/backward in the update, at most
   gradient_accumulation_steps  micro-batches per optimiser step (minibatch = their product)
   per_device_eval_batch_size   batch of reward-model scoring and evaluation sampling
-  eval_batch_tokens            unused (reward-model scoring batches hold <= 2,048 tokens)
+  eval_batch_tokens            unused (reward-model scoring batches hold <= 4,096 tokens)
   train_batch_tokens           padded tokens per update micro-batch, at most: with long prompts
                                the minibatch is split into more, smaller micro-batches
   max_length                   prompt + response tokens; prompts keep their last

@@ -18,8 +18,8 @@ from rlhf_exp.memory import release_freed_memory
 
 # Padded tokens per scoring batch (sequences x the longest). Whole batches of 64 held-out
 # sequences of up to 512 tokens made scoring a 124M reward model use more memory than its
-# LoRA training steps did, and 2,048 tokens hold half what 4,096 do, as fast (benchmarks/NOTES.md).
-MAX_BATCH_TOKENS = 2048
+# LoRA training steps did (benchmarks/NOTES.md); the tiny model's batches (64 x ~40) stay whole.
+MAX_BATCH_TOKENS = 4096
 
 
 class RewardModelScorer:
