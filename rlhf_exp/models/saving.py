@@ -179,8 +179,9 @@ def merged_state_dict(model: peft.PeftModel, keep_vars: bool = False) -> dict[st
 
 def merge_into_shards(directory: Path, merges: Merges) -> list[str]:
     """Write each weight of `merges`, merged, over its unmerged bytes in the safetensors shards
-    in `directory`, one weight in memory at a time; returns the keys of `merges` no shard holds
-    as a tensor of the merged weight's dtype and shape (those are not written)."""
+    in `directory`, one weight in memory at a time. Returns [] when all are written; else the
+    keys no shard holds, or the first key a shard holds in another dtype or shape (then the
+    caller writes the whole checkpoint another way)."""
     if not merges:
         return []
     index = directory / SAFE_WEIGHTS_INDEX_NAME
