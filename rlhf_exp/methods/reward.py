@@ -100,7 +100,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         after = pairwise_accuracy(scorer, test.dataset)
     loss = final_eval_metrics(trainer)["eval_loss"]
     # Beside the RM: does it learn more than word counts on the same pairs? Last, because the
-    # memory scikit-learn takes stays with the process (~70 MB; benchmarks/NOTES.md).
+    # memory scikit-learn takes stays with the process (70-90 MB; benchmarks/NOTES.md).
     lexical = lexical_baseline(task.pref_train.select(train.kept), task.pref_test.select(test.kept))
     log.info(
         "reward: lexical baseline (bag-of-words logistic regression) held-out accuracy %.3f",

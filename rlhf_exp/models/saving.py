@@ -34,8 +34,9 @@ from rlhf_exp.sharding import gather_whole, is_sharded, is_zero3, whole_weights
 
 log = logging.getLogger(__name__)
 
-# transformers 5 always writes safetensors (0.8 writes without a copy); merging reads one shard
-# back at a time, so SAVE_SHARD bounds what a save holds beyond the model
+# transformers 5 always writes safetensors (0.8 writes from the tensors, without a copy) and the
+# merge writes one weight at a time in place, so the shard size no longer bounds what a save
+# holds; checkpoints keep the 200 MB shards they have always had
 SAVE_SHARD = "200MB"
 
 # state-dict key -> a function building that key's merged weight

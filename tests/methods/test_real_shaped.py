@@ -68,7 +68,7 @@ def test_reward_model_on_long_dialogues(run_method, tmp_path):
 
 def test_lora_reward_model_is_saved_with_its_adapters_merged(run_method, tmp_path, caplog):
     """LoRA on the long dialogues: the saved model is its SFT start with only the adapted
-    layers' weights changed (the adapters merged in, shard by shard) and a trained head."""
+    layers' weights changed (the adapters merged in, in place) and a trained head."""
     caplog.set_level(logging.INFO, logger="rlhf_exp.artifacts")
     _, run_dir, _, _ = run_method(
         "method=reward", "lora=default", *files_overrides(dialogue_file(tmp_path / "hh.jsonl"))

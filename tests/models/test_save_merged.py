@@ -1,5 +1,5 @@
 """A LoRA model saved for `from_pretrained`: the adapters merged bit for bit as peft's own
-`merge_and_unload` does, one shard at a time (never a second copy of the model), the trained
+`merge_and_unload` does, one weight at a time (never a second copy of the model), the trained
 model left as it was, and an interrupted save leaving the previous model whole."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _lora_lm(tokenizer, targets=("c_attn", "c_proj", "c_fc"), seed=0):
     return model
 
 
-def test_sharded_save_merges_one_shard_at_a_time(tiny_lm, tmp_path, monkeypatch):
+def test_sharded_save_merges_one_weight_at_a_time(tiny_lm, tmp_path, monkeypatch):
     """Every weight in a shard of its own: the reloaded model is peft's merge, bit for bit, and
     no merged weight is alive when the next one is built (no second copy of the model)."""
     _, tokenizer = tiny_lm
