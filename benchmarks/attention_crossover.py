@@ -12,6 +12,7 @@ against SDPA's for each length. benchmarks/NOTES.md, "Attention by row length", 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -52,9 +53,13 @@ def main() -> None:
     config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
     models = {}
     for attn in ("eager", "sdpa"):
-        config._attn_implementation = attn
-        models[attn] = GPT2LMHeadModel(config).train(False)
+        # a config of its own: GPT-2's attention reads the implementation from its config at
+        # every forward, so two models sharing one config both ran the last one set (SDPA)
+        own = copy.deepcopy(config)
+        own._attn_implementation = attn
+        models[attn] = GPT2LMHeadModel(own).train(False)
         fuse_gelu_tanh(models[attn])
+    assert [m.config._attn_implementation for m in models.values()] == ["eager", "sdpa"]
     models["sdpa"].load_state_dict(models["eager"].state_dict())
     padded = ", left-padded rows" if opts.padded else ""
     print(f"{machine()}; {opts.tokens} tokens per batch{padded}, forward + backward of the trunk")
