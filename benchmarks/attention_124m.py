@@ -1,8 +1,10 @@
 """SDPA against GPT-2's eager attention in 124M jobs: each job of `checkout_ab.py` run with
-`model.attn_implementation=sdpa` and `=eager`, interleaved. Loop time (PPO: rollout and update
-too), peak RSS (wait4) and what the runs learned, into benchmarks/results/NAME.json.
+`model.attn_implementation=sdpa` and `=eager` (or the `--kernels` given), interleaved. Loop
+time (PPO: rollout and update too), peak RSS (wait4) and what the runs learned, into
+benchmarks/results/NAME.json.
 
     python benchmarks/attention_124m.py --jobs sft-embedded ppo-embedded sft-long --reps 2
+    python benchmarks/attention_124m.py --jobs reward-embedded --kernels sdpa auto
 
 transformers picks SDPA when `model.attn_implementation` is unset; on CPU, SDPA's fused
 kernel's backward is slow on short rows, and a dropout probability sends it to its math path.
@@ -29,6 +31,9 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/attention_124m"))
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--name", default="attention_124m", help="results/NAME.json")
+    parser.add_argument(
+        "--kernels", nargs="+", default=["sdpa", "eager"], help="model.attn_implementation values"
+    )
     opts = parser.parse_args()
     results: dict[str, dict] = {}
     for job in opts.jobs:
@@ -46,9 +51,7 @@ def main() -> None:
             return run
 
         print(f"== {job}", flush=True)
-        runs = interleaved_in(
-            opts.workspace / job, {a: runner(a) for a in ("sdpa", "eager")}, opts.reps
-        )
+        runs = interleaved_in(opts.workspace / job, {a: runner(a) for a in opts.kernels}, opts.reps)
         results[job] = {
             attention: [
                 {

@@ -101,9 +101,13 @@ class ModelSpec:
     # more compute for activation memory that no longer grows with the layers (for long
     # sequences on a GPU). Passed to the trainers' args and enabled in our PPO loop.
     gradient_checkpointing: bool = False
-    # Attention kernel of `from_pretrained`; null: transformers' choice (sdpa where supported).
-    # flash_attention_2 needs a CUDA GPU and the flash-attn package (checked before loading).
-    attn_implementation: str | None = _f(None, choices=["eager", "sdpa", "flash_attention_2"])
+    # Attention kernel of `from_pretrained`. auto: SDPA, but the model's eager attention for
+    # calls on short bf16 rows on a CPU, where SDPA's backward is slow (`rlhf_exp.attention`);
+    # null: transformers' choice (sdpa where supported). flash_attention_2 needs a CUDA GPU and
+    # the flash-attn package (checked before loading).
+    attn_implementation: str | None = _f(
+        "auto", choices=["auto", "eager", "sdpa", "flash_attention_2"]
+    )
     # A hub model's branch, tag or commit hash for the model and its tokenizer (a commit pins
     # it: a re-upload under the same name changes nothing). Part of every stage's cache key.
     revision: str | None = None

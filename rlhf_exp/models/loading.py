@@ -38,6 +38,7 @@ from transformers import (
 from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
+from rlhf_exp import attention
 from rlhf_exp.config.model_files import pickled_weights, unsafe_pickles
 from rlhf_exp.config.schema import LoraSpec, ModelSpec, is_hub_id
 from rlhf_exp.errors import UserError
@@ -226,7 +227,10 @@ def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase 
 def model_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """`from_pretrained` arguments of a model (not its tokenizer) from the model group."""
     kwargs: dict[str, Any] = {"dtype": getattr(torch, spec.dtype)}
-    if spec.attn_implementation is not None:
+    if spec.attn_implementation == "auto":
+        attention.register()
+        kwargs["attn_implementation"] = attention.NAME
+    elif spec.attn_implementation is not None:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.load_in_4bit:
         from transformers import BitsAndBytesConfig

@@ -1,0 +1,105 @@
+"""`model.attn_implementation=auto` (rlhf_exp/attention.py): each call computes exactly what
+eager attention computes for short bf16 rows on a CPU, and what SDPA computes otherwise."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rlhf_exp import attention
+from rlhf_exp.config.schema import ModelSpec
+from rlhf_exp.models.loading import load_causal_lm
+
+SHORT, LONG = attention.EAGER_MAX_KEYS, attention.EAGER_MAX_KEYS + 1
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, GPT2LMHeadModel]:
+    """One tiny GPT-2's weights under eager attention, SDPA and ours."""
+    attention.register()
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=256,
+                        bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+    out = {}
+    for name in ("eager", "sdpa", attention.NAME):
+        own = copy.deepcopy(config)  # the attention code reads it from the config each call
+        own._attn_implementation = name
+        out[name] = GPT2LMHeadModel(own).eval()
+        if name != "eager":
+            out[name].load_state_dict(out["eager"].state_dict())
+    return out
+
+
+def _batch(length: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    ids = torch.randint(1, 100, (3, length))
+    mask = torch.ones_like(ids)
+    if padded:  # left padding, as batches of prompts have
+        mask[1, :4] = 0
+        mask[2, :9] = 0
+    return ids, mask
+
+
+def _logits_and_grads(model, ids, mask, bf16: bool):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    logits.float().pow(2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    return logits.detach(), grads
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["causal-only", "left-padded"])
+@pytest.mark.parametrize(
+    ("length", "bf16", "same_as", "not_as"),
+    [
+        (SHORT, True, "eager", "sdpa"),
+        (LONG, True, "sdpa", "eager"),
+        (SHORT, False, "sdpa", None),  # fp32: the kernels tie, SDPA stays
+    ],
+    ids=["short-bf16", "long-bf16", "short-fp32"],
+)
+def test_each_call_computes_what_the_faster_kernel_computes(
+    models, length, bf16, same_as, not_as, padded
+):
+    ids, mask = _batch(length, padded)
+    ours = _logits_and_grads(models[attention.NAME], ids, mask, bf16)
+    reference = _logits_and_grads(models[same_as], ids, mask, bf16)
+    assert torch.equal(ours[0], reference[0])
+    assert all(torch.equal(a, b) for a, b in zip(ours[1], reference[1], strict=True))
+    if not_as is not None:  # the two kernels differ here, so the equality above says which ran
+        assert not torch.equal(ours[0], _logits_and_grads(models[not_as], ids, mask, bf16)[0])
+
+
+def test_sampling_with_a_cache_matches_eager_attention_on_short_rows(models):
+    """Decoding one token at a time over a cache (a one-row query, SDPA's mask left out when
+    there is no padding) gives eager attention's tokens and scores."""
+    ids, mask = _batch(20, padded=True)
+    outs = {}
+    for name in ("eager", attention.NAME):
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            outs[name] = models[name].generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+            )  # fmt: skip
+    assert torch.equal(outs["eager"].sequences, outs[attention.NAME].sequences)
+    for a, b in zip(outs["eager"].scores, outs[attention.NAME].scores, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_auto_loads_with_our_attention_and_saves_a_portable_config(tmp_path, models):
+    models["eager"].save_pretrained(tmp_path / "base")
+    model = load_causal_lm(str(tmp_path / "base"), ModelSpec(name_or_path=str(tmp_path / "base")))
+    assert ModelSpec().attn_implementation == "auto"
+    assert model.config._attn_implementation == attention.NAME
+    model.save_pretrained(tmp_path / "saved")
+    # the choice is this process's, not the checkpoint's: the saved config does not name it
+    assert attention.NAME not in (tmp_path / "saved/config.json").read_text()
+    pinned = load_causal_lm(
+        str(tmp_path / "base"),
+        ModelSpec(name_or_path=str(tmp_path / "base"), attn_implementation="sdpa"),
+    )
+    assert pinned.config._attn_implementation == "sdpa"
