@@ -21,7 +21,7 @@ def models() -> dict[str, GPT2LMHeadModel]:
     """One tiny GPT-2's weights under eager attention, SDPA and ours."""
     attention.register()
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=256,
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=256,
                         bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
     out = {}
     for name in ("eager", "sdpa", attention.NAME):
@@ -103,3 +103,46 @@ def test_auto_loads_with_our_attention_and_saves_a_portable_config(tmp_path, mod
         ModelSpec(name_or_path=str(tmp_path / "base"), attn_implementation="sdpa"),
     )
     assert pinned.config._attn_implementation == "sdpa"
+
+
+def test_real_shaped_dialogues_are_scored_by_the_kernel_each_batch_needs(models):
+    """HH-shaped dialogues (long multi-turn ones and short ones) through the reward scorer's
+    own batching: each batch of short rows scores as eager attention does, each longer one as
+    SDPA does, and both kinds occur."""
+    from rlhf_exp.data.synthetic_dialogues import hh_like_rows
+    from rlhf_exp.models.tiny import train_tokenizer
+    from rlhf_exp.rewards.model_scorer import RewardModelScorer
+
+    dialogues = [row["chosen"] for row in hh_like_rows(40, seed=3)]
+    replies = [text[text.rindex("Assistant:") :] for text in dialogues]  # their last turns
+    tokenizer = train_tokenizer(dialogues, vocab_size=400, max_length=256)
+    sequences = [ids[:200] for ids in tokenizer([*dialogues, *replies])["input_ids"]]
+    assert len(tokenizer) <= models["eager"].config.vocab_size
+    # a scalar score per row from the LM: its last position's first logit
+    scorers = {
+        name: RewardModelScorer(_FirstLogit(model), tokenizer, budget=None, max_batch_tokens=512)
+        for name, model in models.items()
+    }
+    lengths = [len(s) for s in sequences]
+    order = sorted(range(len(sequences)), key=lengths.__getitem__)
+    batches = scorers[attention.NAME]._batches(order, lengths)
+    widths = [max(lengths[i] for i in batch) for batch in batches]
+    assert min(widths) <= SHORT < max(widths)  # both kernels have batches to run
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = {name: scorer.score_ids(sequences) for name, scorer in scorers.items()}
+    for batch, width in zip(batches, widths, strict=True):
+        expected = "eager" if width <= SHORT else "sdpa"
+        assert [scores[attention.NAME][i] for i in batch] == [scores[expected][i] for i in batch]
+
+
+class _FirstLogit(torch.nn.Module):
+    """A causal LM as a one-output scorer, as `RewardModelScorer` calls a reward model."""
+
+    def __init__(self, model: GPT2LMHeadModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        last = attention_mask.sum(1) - 1  # right padding: the last real token
+        return type("Out", (), {"logits": logits[torch.arange(len(last)), last, :1]})
