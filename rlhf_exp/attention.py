@@ -23,6 +23,9 @@ import sys
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 # The name contains "sdpa": transformers then checks, when loading, that the model supports
 # SDPA, as it does for its own "sdpa".
@@ -34,9 +37,6 @@ EAGER_MAX_KEYS = 96
 
 def register() -> None:
     """Make `NAME` a valid `attn_implementation` (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
     AttentionInterface.register(NAME, attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
@@ -58,8 +58,6 @@ def attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     # the model's own eager attention (each modelling file defines one for its quirks)
     eager = None
     if eager_wins(query, key):

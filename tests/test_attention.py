@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf_exp import attention
 from rlhf_exp.config.schema import ModelSpec
@@ -16,21 +16,27 @@ from rlhf_exp.models.loading import load_causal_lm
 SHORT, LONG = attention.EAGER_MAX_KEYS, attention.EAGER_MAX_KEYS + 1
 
 
-@pytest.fixture(scope="module")
-def models() -> dict[str, GPT2LMHeadModel]:
+CONFIG = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=256,
+                    bos_token_id=0, eos_token_id=0, pad_token_id=0, num_labels=1)  # fmt: skip
+
+
+def _under_each_attention(model_class: type) -> dict[str, torch.nn.Module]:
     """One tiny GPT-2's weights under eager attention, SDPA and ours."""
     attention.register()
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=256,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
     out = {}
     for name in ("eager", "sdpa", attention.NAME):
-        own = copy.deepcopy(config)  # the attention code reads it from the config each call
+        own = copy.deepcopy(CONFIG)  # the attention code reads it from the config each call
         own._attn_implementation = name
-        out[name] = GPT2LMHeadModel(own).eval()
+        out[name] = model_class(own).eval()
         if name != "eager":
             out[name].load_state_dict(out["eager"].state_dict())
     return out
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    return _under_each_attention(GPT2LMHeadModel)
 
 
 def _batch(length: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +111,7 @@ def test_auto_loads_with_our_attention_and_saves_a_portable_config(tmp_path, mod
     assert pinned.config._attn_implementation == "sdpa"
 
 
-def test_real_shaped_dialogues_are_scored_by_the_kernel_each_batch_needs(models):
+def test_real_shaped_dialogues_are_scored_by_the_kernel_each_batch_needs():
     """HH-shaped dialogues (long multi-turn ones and short ones) through the reward scorer's
     own batching: each batch of short rows scores as eager attention does, each longer one as
     SDPA does, and both kinds occur."""
@@ -117,12 +123,12 @@ def test_real_shaped_dialogues_are_scored_by_the_kernel_each_batch_needs(models)
     replies = [text[text.rindex("Assistant:") :] for text in dialogues]  # their last turns
     tokenizer = train_tokenizer(dialogues, vocab_size=400, max_length=256)
     sequences = [ids[:200] for ids in tokenizer([*dialogues, *replies])["input_ids"]]
-    assert len(tokenizer) <= models["eager"].config.vocab_size
-    # a scalar score per row from the LM: its last position's first logit
-    scorers = {
-        name: RewardModelScorer(_FirstLogit(model), tokenizer, budget=None, max_batch_tokens=512)
-        for name, model in models.items()
-    }
+    assert len(tokenizer) <= CONFIG.vocab_size
+    reward_models = _under_each_attention(GPT2ForSequenceClassification)
+    scorers = {}
+    for name, model in reward_models.items():
+        model.config.pad_token_id = tokenizer.pad_token_id  # the head scores the last real token
+        scorers[name] = RewardModelScorer(model, tokenizer, budget=None, max_batch_tokens=512)
     lengths = [len(s) for s in sequences]
     order = sorted(range(len(sequences)), key=lengths.__getitem__)
     batches = scorers[attention.NAME]._batches(order, lengths)
@@ -133,16 +139,3 @@ def test_real_shaped_dialogues_are_scored_by_the_kernel_each_batch_needs(models)
     for batch, width in zip(batches, widths, strict=True):
         expected = "eager" if width <= SHORT else "sdpa"
         assert [scores[attention.NAME][i] for i in batch] == [scores[expected][i] for i in batch]
-
-
-class _FirstLogit(torch.nn.Module):
-    """A causal LM as a one-output scorer, as `RewardModelScorer` calls a reward model."""
-
-    def __init__(self, model: GPT2LMHeadModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        last = attention_mask.sum(1) - 1  # right padding: the last real token
-        return type("Out", (), {"logits": logits[torch.arange(len(last)), last, :1]})
