@@ -33,6 +33,7 @@ from common import (
     interleaved,
     machine,
     median,
+    method_flops,
     run_measured,
     run_py,
     spread,
@@ -56,21 +57,6 @@ SEED_LORA_R = 8
 # 1 x 4; the notebook fed all 4 at once.
 SEED_MICRO = (1, 4)
 SEED_EVAL_PAIRS = 8  # the end-of-training evaluation both trainers run inside their loop
-
-
-def flops_per_token(method: str, epochs: int = 4) -> dict[str, float]:
-    """Model FLOPs per token (2 per weight a forward multiplies by, 6 to train; the LM head
-    counted for policies, not for the reward model's scalar head). PPO per prompt+response
-    token: the rollout generates and scores (policy, reference: 2 x policy each; critic values
-    and reward model: 2 x body each), the update trains policy and critic `epochs` times."""
-    d, layers, vocab = SHAPE["n_embd"], SHAPE["n_layer"], SHAPE["vocab"]
-    body = 12 * layers * d * d
-    policy = body + d * vocab
-    if method == "ppo":
-        return {"rollout": 4 * policy + 4 * body, "update": epochs * (6 * policy + 6 * body)}
-    if method == "reward_lora":  # forward + backward through activations; no weight gradients
-        return {"train": 4 * body}
-    return {"train": 6 * (body if method == "reward" else policy)}
 
 
 def _base(ws: Any) -> list[str]:
@@ -399,14 +385,22 @@ def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
     ]
     for method, measured in runs.items():
         ms = [m.metrics for m in measured]
-        fpt = flops_per_token(method)
+        fpt = method_flops(method, SHAPE["n_embd"], SHAPE["n_layer"], SHAPE["vocab"])
         rss = [m.peak_rss_mb for m in measured]
         if method == "ppo":
             seq = [m["throughput/sequence_tokens_total"] for m in ms]
+            resp = [m["throughput/tokens_total"] for m in ms]
             roll = [m["time/rollout_total_s"] for m in ms]
             upd = [m["time/update_total_s"] for m in ms]
-            mfu_r = median([t * fpt["rollout"] / s / peak for t, s in zip(seq, roll, strict=True)])
-            mfu_u = median([t * fpt["update"] / s / peak for t, s in zip(seq, upd, strict=True)])
+            mfu_r, mfu_u = (
+                median(
+                    [
+                        fpt[phase].total(t, r) / s / peak
+                        for t, r, s in zip(seq, resp, secs, strict=True)
+                    ]
+                )
+                for phase, secs in (("rollout", roll), ("update", upd))
+            )
             tps = [t / (r + u) for t, r, u in zip(seq, roll, upd, strict=True)]
             data[method] = {
                 "rollout_s": roll,
@@ -424,7 +418,7 @@ def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
             continue
         loop = [m["time/train_s"] for m in ms]
         tps = [m["throughput/tokens_per_s"] for m in ms]
-        mfu = median(tps) * fpt["train"] / peak
+        mfu = fpt["train"].total(median(tps)) / peak
         data[method] = {"loop_s": loop, "tokens_per_s": tps, "mfu": mfu, "peak_rss_mb": rss}
         rows.append(f"| {method} | {ms[0].get('model/precision')} | {spread(loop)} | "
                     f"{spread(tps)} | {spread(rss)} | {mfu:.1%} |")  # fmt: skip

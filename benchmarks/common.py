@@ -120,6 +120,41 @@ def interleaved_in(
     return interleaved({name: numbered(name) for name in settings}, reps)
 
 
+@dataclass(frozen=True)
+class TokenFlops:
+    """Model FLOPs of one phase of a job: `per_token` for each (prompt + response) token the
+    phase runs the model bodies over, `per_response_token` for each response token the LM head
+    scores (PPO computes logits on response positions only: a prompt token's would be unused)."""
+
+    per_token: float
+    per_response_token: float = 0.0
+
+    def total(self, tokens: float, response_tokens: float = 0.0) -> float:
+        return tokens * self.per_token + response_tokens * self.per_response_token
+
+
+def method_flops(
+    method: str, n_embd: int, n_layer: int, vocab: int, ppo_epochs: int = 4
+) -> dict[str, TokenFlops]:
+    """Model FLOPs per token (Kaplan et al.): 2 per weight a forward multiplies by, 6 to train;
+    embedding lookups cost nothing. The LM head (d x vocab) counts for policies, not for a
+    reward model's scalar head: at the tiny model's size that head is ~40% of the compute.
+
+    `sft`/`dpo`/`reward`: {"train"}. `ppo`, per rollout: {"rollout"}: sampling and the reference's
+    log-probs (2 body + 2 head each), critic values and reward model (2 body each); {"update"}:
+    each epoch trains policy (6 body + 6 head) and critic (6 body). The heads of both phases run
+    on response positions only (`logits_to_keep`), so they count per response token.
+    """
+    body = 12 * n_layer * n_embd * n_embd  # attention 4d^2 + MLP 8d^2 per layer
+    head = n_embd * vocab
+    if method == "ppo":
+        return {
+            "rollout": TokenFlops(8 * body, 4 * head),
+            "update": TokenFlops(ppo_epochs * 12 * body, ppo_epochs * 6 * head),
+        }
+    return {"train": TokenFlops(6 * (body if method == "reward" else body + head))}
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

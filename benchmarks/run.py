@@ -47,6 +47,7 @@ from common import (  # noqa: E402
     export_pairs,
     interleaved,
     median,
+    method_flops,
     run_py,
     spread,
     write_json,
@@ -153,23 +154,6 @@ def method_overrides(method: str, quick: bool) -> list[str]:
     return [f"method={method}", f"method.max_steps={steps}", *extra]
 
 
-def flops_per_token(method: str, shape: dict[str, int], ppo_epochs: int = 4) -> float:
-    """Model FLOPs per token (Kaplan et al.): 2 per weight a forward multiplies by, 6 to train.
-
-    Embedding lookups cost nothing; the tied LM head does (a d x vocab matmul) for policies,
-    not for the reward model's scalar head: at the tiny model's size that head is ~40% of
-    the compute, so counting parameters instead would overstate the reward model's MFU.
-    """
-    d, layers = shape["n_embd"], shape["n_layer"]
-    body = 12 * layers * d * d  # attention 4d^2 + MLP 8d^2 per layer
-    policy = body + d * VOCAB  # + LM head
-    if method == "ppo":  # per prompt+response token of a rollout:
-        # generate + reference (2 x 2 policy), critic values + reward model (2 x 2 body),
-        # then each epoch trains policy (6 policy) and critic (6 body)
-        return 4 * policy + 4 * body + ppo_epochs * (6 * policy + 6 * body)
-    return 6 * (body if method == "reward" else policy)
-
-
 def method_summary(model: str, method: str, runs: list[Measured], peak: float) -> dict[str, Any]:
     """Loop time, throughput, memory and MFU of one model+method's repetitions."""
     ms = [r.metrics for r in runs]
@@ -177,6 +161,7 @@ def method_summary(model: str, method: str, runs: list[Measured], peak: float) -
         loop = [m["time/rollout_total_s"] + m["time/update_total_s"] for m in ms]
         tokens = [m["throughput/tokens_per_s_total"] for m in ms]  # generated tokens
         trained = [m["throughput/sequence_tokens_total"] / t for m, t in zip(ms, loop, strict=True)]
+        responses = [m["throughput/tokens_total"] / t for m, t in zip(ms, loop, strict=True)]
         samples = [m["train/global_step"] * 64 / t for m, t in zip(ms, loop, strict=True)]
         split = {
             "rollout_s": median([m["time/rollout_total_s"] for m in ms]),
@@ -185,17 +170,23 @@ def method_summary(model: str, method: str, runs: list[Measured], peak: float) -
     else:
         loop = [m["time/train_s"] for m in ms]
         tokens = trained = [m["throughput/tokens_per_s"] for m in ms]
+        responses = [0.0 for _ in ms]
         samples = [m["throughput/samples_per_s"] for m in ms]
         split = {}
-    fpt = flops_per_token(method, MODELS[model])
+    shape = MODELS[model]
+    phases = method_flops(method, shape["n_embd"], shape["n_layer"], VOCAB).values()
+    # FLOPs per second of the loop: PPO's rollout and update both run inside it
+    flops = [
+        sum(phase.total(t, r) for phase in phases) for t, r in zip(trained, responses, strict=True)
+    ]
     return {
         "params": ms[0]["model/total_params"],
         "loop_s": loop,
         "tokens_per_s": tokens,
         "samples_per_s": samples,
         "peak_rss_mb": [r.peak_rss_mb for r in runs],
-        "flops_per_token": fpt,
-        "mfu_fp32": median(trained) * fpt / (peak * 1e9),
+        "flops_per_token": median(flops) / median(trained),  # PPO: per prompt+response token
+        "mfu_fp32": median(flops) / (peak * 1e9),
         **split,
     }
 
