@@ -18,9 +18,11 @@ from the generation scores, so RL needs no extra policy forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import torch
 from transformers import GenerationConfig
@@ -119,7 +121,8 @@ def generate(
                     padding_side="left",
                     return_tensors="pt",
                 ).to(device)
-                out = model.generate(**enc, generation_config=config, synced_gpus=synced)
+                with one_draw_per_row_by_race():
+                    out = model.generate(**enc, generation_config=config, synced_gpus=synced)
                 sequences = out.sequences if return_logprobs else out
                 response = sequences[:, enc["input_ids"].shape[1] :]
                 stats = _token_stats(out.scores, response) if return_logprobs else None
@@ -141,6 +144,68 @@ def generate(
             values = torch.cat([_pad_to(c[3][i], width_r, 0, left=False) for c in chunks])
             setattr(rollout, name, values.masked_fill(~keep, 0.0))
     return rollout
+
+
+_torch_multinomial = torch.multinomial
+
+
+_ROWS_PER_DRAW = 8  # 8 x 50,257 float64 exponentials stay in cache; a whole batch's would not
+
+
+def draw_by_race(
+    probs: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """One index per row of `probs` (B, V), as `torch.multinomial(probs, 1)` draws it on a CPU:
+    the largest `probs[i] / E[i]` with independent E ~ Exp(1) wins (an exponential race: index
+    i first with probability `probs[i] / sum`), the exponentials -log(U) of float64 uniforms.
+
+    A race, not the inverse CDF, because the evaluation samples a policy and its reference from
+    one seed: two close distributions racing the same exponentials mostly pick the same
+    token, so their difference is measured with less noise. None if a row is not a
+    distribution (negative, inf, nan, all zero)."""
+    drawn = []
+    for rows in probs.split(_ROWS_PER_DRAW):
+        total = rows.sum(dim=-1, dtype=torch.float64)
+        if not bool(torch.isfinite(total).all() and (total > 0).all() and (rows >= 0).all()):
+            return None
+        # U in [0, 1): E in (0, inf], never 0, so a zero entry's ratio is 0 and never wins
+        exponentials = torch.rand(rows.shape, dtype=torch.float64, generator=generator)
+        exponentials.log_().neg_()
+        drawn.append(torch.div(rows, exponentials).argmax(dim=-1, keepdim=True))
+    return torch.cat(drawn)
+
+
+def _multinomial(
+    input: torch.Tensor,
+    num_samples: int,
+    replacement: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    if (
+        num_samples == 1
+        and out is None
+        and input.dim() == 2
+        and input.device.type == "cpu"
+        and input.is_floating_point()
+        and input.shape[-1] > 0
+    ):
+        drawn = draw_by_race(input, generator)
+        if drawn is not None:  # else torch's own raises its error
+            return drawn
+    return _torch_multinomial(input, num_samples, replacement, generator=generator, out=out)
+
+
+@contextlib.contextmanager
+def one_draw_per_row_by_race() -> Iterator[None]:
+    """Inside, `torch.multinomial(probs, 1)` on a CPU draws by `draw_by_race`: transformers
+    samples each token with it, and torch's CPU kernel spends ~17 ns on each exponential
+    (58 ms a step for 64 rows x 50,257 against ~21 ms; benchmarks/NOTES.md). The same race
+    from the same global RNG, so seeded runs repeat; other calls (GPUs, several samples,
+    `out=`) go to torch's own."""
+    with mock.patch.object(torch, "multinomial", _multinomial):
+        yield
 
 
 def sampling_config(

@@ -19,6 +19,7 @@ from transformers.trainer_callback import ProgressCallback
 from rlhf_exp import signals
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
+from rlhf_exp.generation import one_draw_per_row_by_race
 from rlhf_exp.lm_head import install_cpu_lm_head
 from rlhf_exp.memory import release_freed_memory
 
@@ -544,7 +545,8 @@ def run_training(trainer: Any, ctx: RunContext, eval_on_start: bool = False) -> 
         return result
     if start is not None:
         log.info("resuming from %s", start)
-    with signals.phase("training", deferred=True):
+    # RLOO and GRPO sample through transformers' generate: the CPU draw that pays (generation)
+    with signals.phase("training", deferred=True), one_draw_per_row_by_race():
         result = trainer.train(resume_from_checkpoint=str(start) if start else None)
         # also when the signal came after the last step (the group decides together)
         if guard.stopping or any_process(signals.stop_requested()):

@@ -66,7 +66,9 @@ def test_lora_against_gold_end_to_end(run_method):
     assert metrics["train/completions"] == 4 * 8 * 2 and metrics["knob"] == "beta=0.1"
     assert set(metrics) >= SHARED_KEYS - {"train/kl"}, SHARED_KEYS - set(metrics)
     assert all(math.isfinite(metrics[k]) for k in SHARED_KEYS - {"train/kl"})
-    assert metrics["eval/kl"] > 0 and 0 <= metrics["eval/win_rate_gold"] <= 1
+    # k3's per-sample terms are >= 0 (k1's can sum below 0 while the KL is this small)
+    assert metrics["eval/kl_k3"] > 0 and math.isfinite(metrics["eval/kl"])
+    assert 0 <= metrics["eval/win_rate_gold"] <= 1
     assert metrics["throughput/generated_tokens"] >= 4 * 16  # at least one token each
     assert "train/objective/scores_margin" in metrics and "train/rewards/margins" in metrics
     # only the adapters trained; the reference is the adapters switched off

@@ -195,7 +195,10 @@ def test_gold_reward_end_to_end(run_method, method):
     assert set(metrics) >= SHARED_KEYS, SHARED_KEYS - set(metrics)
     assert json.loads((run_dir / "metrics.json").read_text())["eval/kl"] == metrics["eval/kl"]
     assert all(math.isfinite(metrics[k]) for k in SHARED_KEYS)
-    assert 0 < metrics["eval/kl"] < 50 and 0 <= metrics["eval/win_rate_gold"] <= 1
+    # k1 sums log-ratios of the samples and can dip below 0 while the KL is this small; k3's
+    # terms are each >= 0, and 0 only where the policy still is its reference
+    assert 0 < metrics["eval/kl_k3"] < 50 and math.isfinite(metrics["eval/kl"])
+    assert 0 <= metrics["eval/win_rate_gold"] <= 1
     assert metrics["throughput/generated_tokens"] > 64  # 2 generations of 32 completions
     # the policy moved, every tensor of it (a full fine-tune)
     sft = load_weights(cache.lookup("sft", stage_key(upstream_run(run, "sft"))) / "model")
@@ -262,8 +265,9 @@ def test_lora_changes_only_adapters(run_method):
     merged = load_weights(run_dir / "model")
     adapted = lora_targets(sft, run.model.lora_target_modules)
     assert adapted and changed_tensors(sft, merged) == adapted  # base weights untouched
-    # reference = the adapters switched off = the SFT policy: KL measured against it
-    assert metrics["eval/kl"] > 0
+    # reference = the adapters switched off = the SFT policy: KL measured against it (k3: each
+    # sample's term >= 0, so > 0 says the reference differs; k1 can dip below 0 at this size)
+    assert metrics["eval/kl_k3"] > 0 and math.isfinite(metrics["eval/kl"])
 
 
 @pytest.mark.slow
