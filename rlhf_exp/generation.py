@@ -13,7 +13,8 @@ PAD is never sampled (its logit is suppressed) and is distinct from EOS, so mask
 unless asked), so log-probs recomputed at the same temperature match the sampling policy.
 With `return_logprobs=True` the rollout also carries the log-prob and entropy of every sampled
 token under the distribution it was drawn from (after temperature and PAD suppression), read
-from the generation scores, so RL needs no extra policy forward pass.
+from the generation scores, so RL needs no extra policy forward pass. On a CPU each token is
+drawn by `draw_by_race`, torch's own exponential race from faster random numbers.
 """
 
 from __future__ import annotations
