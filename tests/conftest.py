@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["RLHF_EXP_SWEEP_JOBS"] = "1"
 
 from rlhf_exp.context import CONF_DIR  # noqa: E402  (after the thread settings: imports torch)
+from tests.cli_fork import start_cli, stop_zygote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,17 +60,20 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python run.py ARGS` in a subprocess, as a user would run it."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """`python run.py ARGS` in a process of its own, as a user would run it (tests/cli_fork.py:
+    forked from an interpreter that has already imported what run.py imports)."""
+    proc = start_cli(*args, cwd=cwd)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.wait(), stdout, stderr)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_zygote()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +13,8 @@ import pytest
 from rlhf_exp.errors import UserError
 from rlhf_exp.methods.ppo import checkpoint as ppo_checkpoint
 from rlhf_exp.training import CHECKPOINT_COMPLETE, latest_checkpoint, resume_checkpoint
-from tests.conftest import ROOT, run_cli
+from tests.cli_fork import start_cli
+from tests.conftest import run_cli
 
 ARGS = [
     "method=sft",
@@ -88,16 +87,7 @@ def _kill_after_first_checkpoint(
     args: list[str], root: Path, run_dir: Path, sig: int
 ) -> tuple[int, str]:
     """(exit code, stderr) of a run sent `sig` once its first checkpoint is complete."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        *args,
-        f"paths.root_dir={root}",
-        f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = start_cli(*args, f"paths.root_dir={root}", f"hydra.run.dir={run_dir}")
     deadline = time.monotonic() + 300
     while not _complete_checkpoints(run_dir):
         assert proc.poll() is None, proc.communicate()

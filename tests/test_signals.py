@@ -24,7 +24,8 @@ import pytest
 
 from rlhf_exp import signals
 from rlhf_exp.compare import RUNNING_MARKER, build_report, load_jobs
-from tests.conftest import ROOT
+from tests.cli_fork import start_cli
+from tests.conftest import ROOT, run_cli
 
 # Small everything: the data (its generation and tokenising), the steps, the evaluation.
 SMALL = [
@@ -179,19 +180,6 @@ def test_report_shows_running_and_interrupted_jobs_with_method_and_knob(tmp_path
 
 
 # ------------------------------------------------------------------- the real command line
-def _start(args: list[str], out: Path) -> subprocess.Popen:
-    """`python run.py ARGS` with stdout and stderr into files `out`.stdout/.stderr."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=out.with_suffix(".stdout").open("w"),
-        stderr=out.with_suffix(".stderr").open("w"),
-    )
-
-
 def _signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int) -> int:
     """Send `sig` once `ready()`; the exit code."""
     deadline = time.monotonic() + 300
@@ -207,9 +195,7 @@ def _run_printed(command: str) -> subprocess.CompletedProcess:
     """Run a command as printed for the user (`python run.py ...`), from the same dir."""
     args = shlex.split(command)
     assert args[:2] == ["python", "run.py"], command
-    return subprocess.run(
-        [sys.executable, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    return run_cli(*args[2:])
 
 
 def _printed(stderr: str, prefix: str) -> str:
@@ -227,7 +213,7 @@ def test_sigterm_stops_a_sweep_and_running_it_again_continues_it(tmp_path: Path,
     sweep = tmp_path / "sweep"
     args = ["-m", "method=sft", *SMALL, *SFT, "seed=0,1,2", f"paths.root_dir={tmp_path}"]
     args += [f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}"]
-    proc = _start(args, tmp_path / "first")
+    proc = start_cli(*args, output=tmp_path / "first")
     code = _signal_when(  # mid job 2: after its first checkpoint
         proc, lambda: any(sweep.glob("*seed=1/checkpoints/*/COMPLETE")), signal.SIGTERM
     )
@@ -268,7 +254,7 @@ def test_sigint_during_dpo_precompute_stops_at_once_and_the_printed_command_resu
     run_dir = tmp_path / "dpo"
     args = ["method=dpo", *SMALL, "method.max_steps=2", "eval.reward_model=false", *SFT_STAGE]
     args += [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
-    proc = _start(args, tmp_path / "first")
+    proc = start_cli(*args, output=tmp_path / "first")
     stderr_file = tmp_path / "first.stderr"
     code = _signal_when(
         proc, lambda: "Computing reference log probs" in stderr_file.read_text(), signal.SIGINT

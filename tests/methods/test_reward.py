@@ -3,14 +3,13 @@ trunk; the upstream SFT policy is trained once and reused."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rlhf_exp.context import stage_key, upstream_run
-from tests.conftest import ROOT, run_cli
+from tests.cli_fork import start_cli
+from tests.conftest import run_cli
 from tests.methods.weights import changed_tensors, load_weights, lora_targets
 
 pytestmark = pytest.mark.slow
@@ -48,21 +47,9 @@ def _sft_stores(output: str) -> int:
 
 
 def test_upstream_sft_trains_once_for_concurrent_runs(tmp_path: Path):
-    args = [
-        sys.executable,
-        str(ROOT / "run.py"),
-        "method=reward",
-        "debug=fast",
-        f"paths.root_dir={tmp_path}",
-        "method.max_steps=5",
-    ]
-    jobs = [
-        subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(2)
-    ]
-    outputs = [job.communicate(timeout=600)[0] for job in jobs]
+    args = ["method=reward", "debug=fast", f"paths.root_dir={tmp_path}", "method.max_steps=5"]
+    jobs = [start_cli(*args) for _ in range(2)]
+    outputs = ["".join(job.communicate(timeout=600)) for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], outputs
     assert sum(_sft_stores(out) for out in outputs) == 1, outputs
     assert len([p for p in (tmp_path / "outputs/cache/sft").iterdir() if p.is_dir()]) == 1
