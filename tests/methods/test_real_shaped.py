@@ -3,10 +3,8 @@ at the end, a user's file, no gold reward. The embedded task is one user among m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -38,23 +36,6 @@ def dialogue_file(path: Path, n: int = 400, seed: int = 0) -> Path:
     return write_jsonl(rows, path)
 
 
-@pytest.fixture(scope="session")
-def dialogues(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`dialogue_file`'s default rows at one path for the whole session, every xdist worker
-    included: a stage's cache key holds its data file's path as well as its bytes, so this
-    way the tests share one SFT policy and one reward model instead of training their own."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the workers' common parent, as the shared cache uses
-    path = shared / "shared" / "hh.jsonl"
-    path.parent.mkdir(exist_ok=True)
-    draft = dialogue_file(path.with_name(f"hh.{os.getpid()}.jsonl"))
-    with contextlib.suppress(FileExistsError):  # whole or not there, never rewritten
-        os.link(draft, path)
-    draft.unlink()
-    return path
-
-
 # The policy these runs start from only has to exist: a short SFT stage, shared by them all
 SHORT_SFT = "upstream.sft.overrides.max_steps=10"
 
@@ -63,8 +44,10 @@ def files_overrides(data: Path) -> list[str]:
     return ["dataset=files", f"+dataset.data_files.preference={data}", *BUDGET, SHORT_SFT]
 
 
-def test_reward_model_on_long_dialogues(run_method, dialogues):
-    metrics, run_dir, _, _ = run_method("method=reward", *files_overrides(dialogues))
+def test_reward_model_on_long_dialogues(run_method, tmp_path):
+    metrics, run_dir, _, _ = run_method(
+        "method=reward", *files_overrides(dialogue_file(tmp_path / "hh.jsonl"))
+    )
     test_rows = metrics["data/pref_test/rows"]
     dropped = metrics["data/pref_train/dropped_ties"] + metrics["data/pref_test/dropped_ties"]
     assert dropped == N_IDENTICAL + N_SAME_IN_BUDGET  # counted, never trained on or scored
@@ -83,11 +66,13 @@ def test_reward_model_on_long_dialogues(run_method, dialogues):
     assert saved["data/pref_train/dropped_ties"] == metrics["data/pref_train/dropped_ties"]
 
 
-def test_lora_reward_model_is_saved_with_its_adapters_merged(run_method, caplog, dialogues):
+def test_lora_reward_model_is_saved_with_its_adapters_merged(run_method, tmp_path, caplog):
     """LoRA on the long dialogues: the saved model is its SFT start with only the adapted
     layers' weights changed (the adapters merged in, in place) and a trained head."""
     caplog.set_level(logging.INFO, logger="rlhf_exp.artifacts")
-    _, run_dir, _, _ = run_method("method=reward", "lora=default", *files_overrides(dialogues))
+    _, run_dir, _, _ = run_method(
+        "method=reward", "lora=default", *files_overrides(dialogue_file(tmp_path / "hh.jsonl"))
+    )
     sft_entry = next(  # built or reused, by this job or another worker's
         Path(found[1])
         for record in caplog.records
@@ -104,13 +89,14 @@ def test_lora_reward_model_is_saved_with_its_adapters_merged(run_method, caplog,
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
 
 
-def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, dialogues):
+def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp_path):
+    data = dialogue_file(tmp_path / "hh.jsonl")
     metrics, run_dir, _, _ = run_method(
         "method=dpo",
         "method.max_steps=2",  # what is tested is the evaluation without a gold reward
         "eval.num_prompts=16",
         "eval.greedy=false",
-        *files_overrides(dialogues),
+        *files_overrides(data),
     )
     assert "eval/gold_reward" not in metrics
     for key in ("eval/rm_reward", "eval/win_rate_rm", "eval/kl", "eval/length_mean"):
@@ -120,14 +106,15 @@ def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, dia
     assert "Assistant:" in samples  # evaluation prompts are held-out dialogue prompts
 
 
-def test_ppo_rolls_out_and_evaluates_long_dialogue_prompts(run_method, dialogues):
+def test_ppo_rolls_out_and_evaluates_long_dialogue_prompts(run_method, tmp_path):
+    data = dialogue_file(tmp_path / "hh.jsonl")
     metrics, run_dir, _, _ = run_method(
         "method=ppo",
         "method.max_steps=2",
         "method.eval_steps=1",  # the periodic evaluation generates from long prompts too
         "method.rollout_batch_size=32",
         "eval.num_prompts=16",
-        *files_overrides(dialogues),
+        *files_overrides(data),
     )
     assert metrics["train/global_step"] == 2
     assert "eval/rm_reward" in metrics and "eval/gold_reward" not in metrics
@@ -219,11 +206,11 @@ def short_run(method: str, data: Path) -> list[str]:
 
 @pytest.mark.parametrize("method", ["reward", "dpo"])
 def test_long_held_out_rows_are_evaluated_in_batches_within_the_token_budget(
-    run_method, monkeypatch, method, dialogues
+    run_method, tmp_path, monkeypatch, method
 ):
     """At 192-token rows a pair is 384 tokens, so 1,024 tokens hold 2 pairs, not the default
     64. The same trained model then gets the same held-out loss as in bigger batches."""
-    args = short_run(method, dialogues)
+    args = short_run(method, dialogue_file(tmp_path / "hh.jsonl"))
     default, _, _, _ = run_method(*args)  # before recording: upstream stages evaluate too
     forwards = forwards_inside(monkeypatch, "evaluate", grad=False)
     capped, _, _, _ = run_method(*args, "method.eval_batch_tokens=1024")
@@ -236,12 +223,12 @@ def test_long_held_out_rows_are_evaluated_in_batches_within_the_token_budget(
 
 @pytest.mark.parametrize("method", ["sft", "reward", "dpo"])
 def test_long_training_rows_are_split_into_micro_batches_within_the_token_budget(
-    run_method, monkeypatch, method, dialogues
+    run_method, tmp_path, monkeypatch, method
 ):
     """1,024 tokens hold 5 rows of 192 tokens, or 2 pairs: each step's rows (SFT 32, reward
     and DPO 32 pairs) go through in more, smaller micro-batches, and the run learns what it
     learns in whole ones."""
-    args = short_run(method, dialogues)
+    args = short_run(method, dialogue_file(tmp_path / "hh.jsonl"))
     whole, _, _, _ = run_method(*args, f"method.train_batch_tokens={MAX_BATCH_TOKENS}")
     forwards = forwards_inside(monkeypatch, "train", grad=True)
     split, _, _, _ = run_method(*args, "method.train_batch_tokens=1024")
@@ -256,11 +243,11 @@ def test_long_training_rows_are_split_into_micro_batches_within_the_token_budget
 
 
 def test_dpo_projects_only_reply_tokens_through_the_lm_head(
-    run_method, monkeypatch, lm_head_rows, dialogues
+    run_method, tmp_path, monkeypatch, lm_head_rows
 ):
     """On CPU, TRL's fused LM head scored every position, dialogue and padding included; it
     now scores the reply tokens only (rlhf_exp/lm_head.py). The same run learns the same."""
-    args = short_run("dpo", dialogues)
+    args = short_run("dpo", dialogue_file(tmp_path / "hh.jsonl"))
     run_method(*args)  # the upstream stages, cached, so both runs below are DPO alone
     monkeypatch.setattr(trl_utils, "_use_triton", lm_head._trl_use_triton)
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", lm_head._trl_function)
@@ -279,7 +266,7 @@ def test_dpo_projects_only_reply_tokens_through_the_lm_head(
 
 
 def test_ppo_splits_long_prompts_into_micro_batches_within_the_token_budget(
-    run_method, monkeypatch, dialogues
+    run_method, tmp_path, monkeypatch
 ):
     """At a 192-token budget a rollout row is up to 192 tokens, so 1,024 tokens hold 5: each
     32-row minibatch trains in micro-batches of 4 (the largest divisor of 32 that fits), and
@@ -292,7 +279,7 @@ def test_ppo_splits_long_prompts_into_micro_batches_within_the_token_budget(
         "method.rollout_batch_size=32",
         "method.ppo_epochs=2",
         "eval.num_prompts=4",
-        *files_overrides(dialogues),
+        *files_overrides(dialogue_file(tmp_path / "hh.jsonl")),
     ]
     whole, _, _, _ = run_method(*args, f"method.train_batch_tokens={MAX_BATCH_TOKENS}")
     forwards: list[tuple[int, int]] = []
