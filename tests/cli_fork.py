@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -109,7 +110,8 @@ class _Zygote:
             with self._changed:
                 if "exit" in reply:
                     self._exits[reply["exit"]] = reply["returncode"]
-                else:
+                else:  # a pid is reused once reaped: an earlier run's exit is not this one's
+                    self._exits.pop(reply["pid"], None)
                     self._started[reply["id"]] = reply["pid"]
                 self._changed.notify_all()
         with self._changed:  # the zygote is gone: no reply will come
@@ -143,7 +145,7 @@ class _Zygote:
             self._changed.wait_for(lambda: pid in self._exits or not self.alive(), timeout)
             if pid not in self._exits and not self.alive():
                 raise RuntimeError(f"the CLI zygote exited while run {pid} was running")
-            return self._exits.get(pid)
+            return self._exits.pop(pid, None)
 
     def close(self) -> None:
         self._proc.stdin.close()
@@ -208,8 +210,6 @@ def _serve() -> None:
     method_names()  # imports every method's module: torch, transformers, TRL, datasets, PEFT
 
     pending = b""
-    import select
-
     while True:
         ready, _, _ = select.select([0], [], [], 0.05)
         if ready:
