@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate import Accelerator
+from torch.utils.data import DataLoader
 
 from rlhf_exp.config.ppo import PPOSpec
+from rlhf_exp.methods.ppo import build_accelerator
 from rlhf_exp.methods.ppo.models import PolicyAndValue, Reference, hidden_size
 from rlhf_exp.methods.ppo.rollout import Batch, longest_row
 from rlhf_exp.methods.ppo.trainer import PPOTrainer
@@ -90,7 +92,7 @@ def _update(tiny_lm, tmp_path, train_batch_tokens: int | None):
     spec.train_batch_tokens = train_batch_tokens or 8 * longest
     trainer = PPOTrainer(
         spec,
-        Accelerator(cpu=True),
+        build_accelerator(spec, "fp32"),
         model,
         Reference(policy, lora=False),
         tok,
@@ -129,3 +131,20 @@ def test_micro_batches_step_with_the_whole_minibatchs_gradient(tiny_lm, tmp_path
         assert torch.allclose(split[0][name], grad, rtol=1e-4, atol=1e-7), name
     for key in ("policy/pg_loss", "val/vf_loss", "policy/clipfrac", "policy/approxkl"):
         assert stats[key].item() == pytest.approx(whole_stats[key].item(), rel=1e-4), key
+
+
+def test_micro_batches_step_once_after_an_earlier_stage_left_its_dataloader_at_the_end(
+    tiny_lm, tmp_path
+):
+    """accelerate's gradient state is process-wide, and transformers' Trainer stops at
+    max_steps without ending its dataloader: an upstream stage or an earlier sweep job in the
+    process can leave one at its last batch. PPO's micro-batches still make one step."""
+    whole, _, _, _ = _update(tiny_lm, tmp_path / "a", None)
+    loader = Accelerator(cpu=True).prepare(DataLoader(list(range(4)), batch_size=2))
+    batches = iter(loader)
+    next(batches), next(batches)  # the last batch, and no StopIteration yet
+    assert loader.gradient_state.end_of_dataloader  # what an unfinished stage leaves behind
+    split, shapes, _, _ = _update(tiny_lm, tmp_path / "b", 1)
+    assert len(shapes) == len(PROMPT_TOKENS) and len(split) == 1
+    for name, grad in whole[0].items():
+        assert torch.allclose(split[0][name], grad, rtol=1e-4, atol=1e-7), name

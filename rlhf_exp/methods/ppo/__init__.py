@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,11 +28,44 @@ from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.errors import UserError
 from rlhf_exp.methods import register
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
 log = logging.getLogger(__name__)
 
 # A periodic evaluation's point of the run's curve (`trainer.curve`, checkpointed, so a resumed
 # run keeps the points before its checkpoint): metrics.json gets them as `curve/*` lists.
 CURVE_KEYS = {"kl": "eval/kl", "gold": "eval/gold_reward", "proxy": "eval/rm_reward"}
+
+
+def build_accelerator(spec: PPOSpec, precision: str) -> Accelerator:
+    """PPO's accelerator: one optimiser step per `gradient_accumulation_steps` micro-batches,
+    counted by the micro-batches alone."""
+    from accelerate import Accelerator
+    from accelerate.utils import (
+        GradientAccumulationPlugin,
+        InitProcessGroupKwargs,
+        parse_flag_from_env,
+    )
+
+    # cpu=True without a GPU: otherwise accelerate treats every launched process as a lone
+    # single-process run (DistributedType.NO) instead of one rank of a gloo group. DeepSpeed
+    # runs on CPUs with a backend of its own, which cpu=True would switch off: gloo by name
+    no_gpu = not torch.cuda.is_available()
+    deepspeed_on_cpu = no_gpu and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    # Not synced with a dataloader: the minibatches are not one, and accelerate's gradient
+    # state is process-wide. A dataloader an earlier stage or sweep job left at its last batch
+    # (transformers' Trainer stops at max_steps without ending it) would otherwise make every
+    # micro-batch an optimiser step
+    accumulation = GradientAccumulationPlugin(
+        num_steps=spec.gradient_accumulation_steps, sync_with_dataloader=False
+    )
+    return Accelerator(
+        gradient_accumulation_plugin=accumulation,
+        cpu=no_gpu and not deepspeed_on_cpu,
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
+    )
 
 
 def _reward_name(spec: PPOSpec, cfg: RunConfig) -> str | None:
@@ -58,8 +91,7 @@ def _needs(run: RunConfig) -> tuple[str, ...]:
 
 @register("ppo", needs=_needs)
 def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, parse_flag_from_env
+    from accelerate.utils import broadcast_object_list
     from transformers import set_seed
 
     from rlhf_exp.evaluation import evaluate_policy, final_evaluation
@@ -83,17 +115,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     needs_rm = reward_fn_name is None or critic_from_rm
     resume = checkpoint.resolve(cfg.resume_from, ctx.checkpoint_dir) if cfg.resume_from else None
 
-    # cpu=True without a GPU: otherwise accelerate treats every launched process as a lone
-    # single-process run (DistributedType.NO) instead of one rank of a gloo group. DeepSpeed
-    # runs on CPUs with a backend of its own, which cpu=True would switch off: gloo by name
-    no_gpu = not torch.cuda.is_available()
-    deepspeed_on_cpu = no_gpu and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=spec.gradient_accumulation_steps,
-        cpu=no_gpu and not deepspeed_on_cpu,
-        mixed_precision="bf16" if cfg.model.precision == "bf16" else "no",
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
-    )
+    accelerator = build_accelerator(spec, cfg.model.precision)
     main = accelerator.is_main_process
 
     sft_dir = str(ctx.upstream("sft"))
