@@ -324,6 +324,8 @@ def stage_key(run: RunConfig) -> dict[str, Any]:
     from rlhf_exp.data.policy_pairs import LABEL_FIELDS
 
     dataset = asdict(run.dataset)
+    if run.dataset.source == "files":  # their content below decides, not where they are
+        del dataset["data_files"]
     if run.method.name == "sft":  # reads no preference labels: one SFT policy for every budget
         dataset = {k: v for k, v in dataset.items() if k not in LABEL_FIELDS}
     return {

@@ -189,17 +189,18 @@ def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
 
 
 def _files_sha256(files: list[Path]) -> str:
-    """sha256 of the files' bytes in order, each preceded by its name and size.
+    """sha256 of the files' bytes in order, each preceded by its name, format and size.
 
     Names are relative to the deepest directory holding them all (a lone file adds none), so
     the same data at another location hashes the same, while a renamed shard (which changes
-    the row order) does not. The size ends each file's bytes unambiguously.
+    the row order) does not. The format is the reader the extension picks (.jsonl and .json
+    are both JSON). The size ends each file's bytes unambiguously.
     """
     root = Path(os.path.commonpath([p.parent for p in files]))
     digest = hashlib.sha256()
     for path in files:
         name = "" if len(files) == 1 else path.relative_to(root).as_posix()
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        digest.update(f"{name}\0{file_format(path)}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):  # 1 MiB at a time: data files can be large
                 digest.update(chunk)

@@ -150,6 +150,30 @@ def test_fingerprint_follows_the_bytes_not_the_location(tmp_path):
     assert source_fingerprint(spec(path)) != first
 
 
+def test_stage_keys_follow_the_bytes_not_the_location(tmp_path, compose_cfg):
+    """A copy of the data elsewhere reuses the SFT policy and reward model trained on it (a
+    user's moved file, a cluster node's own mount); other rows train their own."""
+    from rlhf_exp.context import stage_key, upstream_run
+
+    def keys(path: Path) -> list[dict]:
+        run = validate(compose_cfg("method=dpo", "dataset=files", f"+{KEY}={path}"))
+        return [stage_key(upstream_run(run, stage)) for stage in ("sft", "reward")]
+
+    path = write_jsonl(tmp_path / "a" / "pairs.jsonl", pairs(0, 40))
+    copy = tmp_path / "elsewhere" / "renamed.jsonl"
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    assert keys(copy) == keys(path)
+    write_jsonl(copy, pairs(0, 39) + pairs(50, 1))  # one row changed
+    assert all(a != b for a, b in zip(keys(copy), keys(path), strict=True))
+    as_csv = tmp_path / "pairs.csv"  # the same bytes read by another reader
+    shutil.copy(path, as_csv)
+    assert all(a != b for a, b in zip(keys(as_csv), keys(path), strict=True))
+    as_json = tmp_path / "pairs.json"  # the same reader: .jsonl and .json are both JSON
+    shutil.copy(path, as_json)
+    assert keys(as_json) == keys(path)
+
+
 def test_fingerprint_of_a_directory_covers_every_file_and_its_name(tmp_path):
     root = tmp_path / "d"
     write_jsonl(root / "part-1.jsonl", pairs(0, 3))
