@@ -270,11 +270,28 @@ def _has_ci(jobs: list[Job], score: Score) -> bool:
     return any(f"{score.key}_ci_low" in j.metrics for j in jobs)
 
 
+def shared_overrides(jobs: list[Job]) -> dict[str, str]:
+    """The overrides every job of the sweep has (its data file, budget, steps), in the first
+    job's order; none for a lone job, whose overrides are all it has to show."""
+    if len(jobs) < 2:
+        return {}
+    rest = [set(job.overrides.items()) for job in jobs[1:]]
+    return {k: v for k, v in jobs[0].overrides.items() if all((k, v) in r for r in rest)}
+
+
+def run_label(job: Job, shared: dict[str, str]) -> str:
+    """The overrides that tell `job` from the sweep's others (`method=dpo`). As unique as the
+    dir names: two jobs whose other overrides agree would share every override, hence a dir."""
+    own = [f"{k}={v}" for k, v in job.overrides.items() if shared.get(k) != v]
+    return ",".join(own) or job.name
+
+
 def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
     """One row per job, then one aggregated row (mean ± std over seeds) per method + knob."""
     score = score or report_score(jobs)
     cols = columns(jobs, score)
     ci = " [95% CI]" if _has_ci(jobs, score) else ""
+    shared = shared_overrides(jobs)
     head = ["run", "method", "knob", "seed", score.title + ci]
     head += [title for _, title in cols[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -285,11 +302,17 @@ def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
             what = f"**{job.status}**" + (
                 f": {job.error or job.detail}" if job.error or job.detail else ""
             )
-            cells = [job.name, job.method, knob, job.seed, what]
+            cells = [run_label(job, shared), job.method, knob, job.seed, what]
             cells += [""] * (len(head) - len(cells))
         else:
             groups[(job.method, knob)].append(job)
-            cells = [job.name, job.method, knob, job.seed, _score_cell(job.metrics, score.key)]
+            cells = [
+                run_label(job, shared),
+                job.method,
+                knob,
+                job.seed,
+                _score_cell(job.metrics, score.key),
+            ]
             cells += [_fmt(job.metrics.get(key)) for key, _ in cols[1:]]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
 
@@ -304,7 +327,10 @@ def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
             std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.fmean(vals):.4g} ± {std:.2g}" if vals else "")
         agg.append("| " + " | ".join(cells) + " |")
-    return "\n".join(["## Runs", "", *lines, "", "## Mean ± std over seeds", "", *agg])
+    common = []
+    if shared:  # said once, not in every row
+        common = ["Every run: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()) + ".", ""]
+    return "\n".join(["## Runs", "", *common, *lines, "", "## Mean ± std over seeds", "", *agg])
 
 
 def _series(jobs: list[Job]) -> dict[str, list[tuple[str, list[Job]]]]:

@@ -100,6 +100,29 @@ def test_report_lists_every_run_aggregates_seeds_and_marks_failures(tmp_path: Pa
     assert mean_table("# no table here\n") == ""
 
 
+def test_runs_are_named_by_what_tells_them_apart(tmp_path: Path):
+    """A sweep on a user's file: every job dir carries the file and the budget; the table
+    names each run by its own overrides and lists the shared ones once."""
+    sweep = tmp_path / "sweep"
+    shared = ["dataset=files", "+dataset.data_files.preference=hh.jsonl"]
+    for method, kl in (("dpo", 1.0), ("ppo", 2.0)):
+        make_job(
+            sweep, [*shared, "method.max_steps=4", f"method={method}"], metrics(method, kl, 0.3)
+        )
+    report = build_report(sweep).read_text()
+    assert "Every run: `dataset=files`, `dataset.data_files.preference=hh.jsonl`, " in report
+    rows = [line for line in report.splitlines() if line.startswith("| method=")]
+    assert [row.split(" | ")[0] for row in rows] == ["| method=dpo", "| method=ppo"]
+    # a lone run keeps its whole name; runs differing in two keys show both
+    make_job(sweep, [*shared, "method.max_steps=8", "method=dpo"], metrics("dpo", 1.5, 0.4))
+    report = build_report(sweep).read_text()
+    assert "| method.max_steps=8,method=dpo | dpo |" in report
+    assert "| method.max_steps=4,method=ppo | ppo |" in report
+    lone = tmp_path / "lone"
+    make_job(lone, ["method=dpo", "seed=3"], metrics("dpo", 1.0, 0.3))
+    assert "| method=dpo,seed=3 | dpo |" in build_report(lone).read_text()
+
+
 def test_gold_reward_is_the_score_when_any_run_has_it(tmp_path: Path, figure_labels):
     sweep = tmp_path / "sweep"
     make_job(sweep, ["method=dpo", "seed=0"], metrics("dpo", 2.0, 0.3))
