@@ -7,6 +7,7 @@ loss is the response log-probs' mean plus the values' square, enough for every g
     THP_MEM_ALLOC_ENABLE=0 python benchmarks/ppo_step_124m.py --rows 32
     python benchmarks/ppo_step_124m.py --critic value_head --profile   # + torch's op table
     python benchmarks/ppo_step_124m.py --attn eager          # GPT-2's own attention, not SDPA
+    python benchmarks/ppo_step_124m.py --attn eager --heap --by-kind   # as PPO's update runs
 
 Run each setting in its own process: torch reads THP_MEM_ALLOC_ENABLE once. benchmarks/NOTES.md
 "Huge pages for large tensors" has the results.
@@ -15,6 +16,7 @@ Run each setting in its own process: torch reads THP_MEM_ALLOC_ENABLE once. benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 from common import machine  # noqa: E402
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel  # noqa: E402
 
+from rlhf_exp.memory import heap_reused  # noqa: E402
 from rlhf_exp.methods.ppo.models import PolicyAndValue  # noqa: E402
 from rlhf_exp.models.loading import fuse_gelu_tanh  # noqa: E402
 from rlhf_exp.rl import response_logprobs  # noqa: E402
@@ -50,6 +53,12 @@ def main() -> None:
         "--compile", action="store_true", help="torch.compile each model (step 0 compiles)"
     )
     parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention")
+    parser.add_argument(
+        "--heap", action="store_true", help="inside rlhf_exp.memory.heap_reused, as PPO's update"
+    )
+    parser.add_argument(
+        "--by-kind", action="store_true", help="one more profiled step: time by kind of op"
+    )
     opts = parser.parse_args()
 
     torch.manual_seed(0)
@@ -88,12 +97,22 @@ def main() -> None:
     print(f"{machine()}; THP_MEM_ALLOC_ENABLE={thp}; {shape}, critic {opts.critic}{compiled}, "
           f"{policy.config._attn_implementation} attention")  # fmt: skip
     totals = []
+    with heap_reused() if opts.heap else contextlib.nullcontext() as heap:
+        steps(opts, step, totals, heap)
+        if opts.by_kind:
+            print_by_kind(step)
+
+
+def steps(opts: argparse.Namespace, step, totals: list[float], heap) -> None:
     for i in range(opts.steps):
         before = faults()
         forward, backward, optim = step()
+        if heap is not None:  # as PPO's update tells it after each optimiser step
+            heap.step_done()
         totals.append(forward + backward + optim)
         print(f"step {i}: forward {forward:.3f} s, backward {backward:.3f} s, optimiser "
               f"{optim:.3f} s, {faults() - before:,} page faults", flush=True)  # fmt: skip
+
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"median step {statistics.median(totals[1:]):.3f} s (steps 1-{opts.steps - 1}), "
           f"peak RSS {peak_mb:,.0f} MB")  # fmt: skip
@@ -104,6 +123,56 @@ def main() -> None:
             step()
         table = prof.key_averages(group_by_input_shape=True)
         print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_shapes_column_width=60))
+
+
+# aten ops by what they do; anything else is elementwise (activations, norms, adds, softmax)
+KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "fused attention": ("aten::_scaled_dot_product",),
+    "optimiser": ("aten::_fused_adamw_",),
+    "casts and copies": ("aten::copy_", "aten::_to_copy"),
+    "zero fills": ("aten::fill_", "aten::zero_"),
+}
+
+
+def kind_of(name: str) -> str:
+    return next((k for k, prefixes in KINDS.items() if name.startswith(prefixes)), "elementwise")
+
+
+def print_by_kind(step) -> None:
+    """One step under the profiler: self time by kind of op, and the matmuls' FLOP rate (the
+    rate an MFU could reach if nothing but those matmuls ran)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    # a step with the profiler on before the measured one: the profiler's own first
+    # allocations split the heap's freed blocks, and the next step faults their pages in again
+    walls, measured = [], []
+    plan = schedule(wait=0, warmup=1, active=1)
+    with profile(
+        activities=[ProfilerActivity.CPU],
+        with_flops=True,
+        schedule=plan,
+        on_trace_ready=lambda prof: measured.extend(prof.key_averages()),
+    ) as prof:
+        for _ in range(2):
+            before = faults()
+            walls.append(sum(step()))
+            prof.step()
+    wall, step_faults = walls[-1], faults() - before
+    seconds: dict[str, float] = {}
+    flops = 0
+    for event in measured:
+        if not event.key.startswith("aten::"):
+            continue
+        kind = kind_of(event.key)
+        seconds[kind] = seconds.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+        flops += event.flops if kind == "matmul" else 0
+    total = sum(seconds.values())
+    print(f"profiled step: {wall:.3f} s wall, {total:.3f} s in aten ops, {step_faults:,} faults")
+    for kind, s in sorted(seconds.items(), key=lambda item: -item[1]):
+        print(f"  {kind:18s} {s:6.3f} s  {100 * s / wall:5.1f}%")
+    rate = flops / seconds["matmul"] / 1e9
+    print(f"matmuls: {flops / 1e12:.2f} TFLOP at {rate:,.0f} GFLOP/s while the step ran")
 
 
 if __name__ == "__main__":
