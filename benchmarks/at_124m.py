@@ -7,6 +7,8 @@
   1,024, the same steps; then one run of each side under `memory_timeline.py`.
 - `mfu_124m`: SFT, reward, DPO and PPO on the embedded task, tokens/s and MFU against the bf16
   matmul roofline measured at the start of the same section (PPO: rollout and update apart).
+- `mfu_124m_long`: the same on UltraFeedback-length rows (the seed job's data, 512-token
+  budget), each method's defaults, from the seed job's SFT policy and reward model.
 - `checkpointing_124m`: `model.gradient_checkpointing` on and off on the seed job's workload.
 - `huge_pages_124m`: the four methods of `mfu_124m` with torch's huge pages for large tensors
   off and on (`THP_MEM_ALLOC_ENABLE=0/1`; rlhf_exp sets 1 unless told otherwise), interleaved.
@@ -362,22 +364,61 @@ def embedded_workspace(method: str, *extra: str) -> Callable[[Path], list[str]]:
 
 
 def section_mfu_124m(ws: Any, reps: int) -> dict[str, Any]:
+    upstream = _embedded_upstream(ws)
+    return _mfu_section(
+        ws,
+        reps,
+        "124m",
+        lambda m: [*_base(ws), *_method_args(m, ws.quick), *QUIET, *upstream],
+        "embedded task",
+    )
+
+
+def _long_method_args(method: str, quick: bool) -> list[str]:
+    if method == "ppo":  # one iteration of the defaults: 64 prompts, 4 epochs of 2 minibatches
+        return ["method=ppo", "method.max_steps=1", "method.reward=model", "eval.greedy=false"]
+    return [f"method={method}", f"method.max_steps={1 if quick else 2}"]
+
+
+def section_mfu_124m_long(ws: Any, reps: int) -> dict[str, Any]:
+    """`mfu_124m` on UltraFeedback-length rows (the seed job's data, a 512-token budget): the
+    same four methods with their defaults, from the seed job's SFT policy and reward model."""
+    root = Path(ws.root)
+    seed_ours_workspace(root)  # the seed job's SFT policy, data and reward model ("warm")
+    upstream = [
+        f"upstream.sft.path={_seed_sft(ws)}",
+        f"upstream.reward.path={root / 'warm' / 'model'}",
+    ]
+    return _mfu_section(
+        ws,
+        reps,
+        "124m-long",
+        lambda m: [
+            *_base(ws),
+            *_seed_data(ws),
+            *_budget(512),
+            *_long_method_args(m, ws.quick),
+            *QUIET,
+            *upstream,
+            "model.gradient_checkpointing=false",  # as mfu_124m: recomputation is not counted
+        ],
+        "UltraFeedback-length rows (512-token budget)",
+    )
+
+
+def _mfu_section(
+    ws: Any, reps: int, tag: str, args_for: Callable[[str], list[str]], data_label: str
+) -> dict[str, Any]:
+    """Tokens/s and MFU of the four methods, interleaved, against the bf16 matmul roofline
+    measured first (PPO: rollout and update apart)."""
     roof = roofline(SHAPE["n_embd"], SHAPE["vocab"])
     peak = roof["bf16"]["peak"] * 1e9
-    upstream = _embedded_upstream(ws)
-    methods = METHODS_124M
     runs = interleaved(
-        {
-            m: lambda m=m: ws.run(
-                f"124m-{m}", [*_base(ws), *_method_args(m, ws.quick), *QUIET, *upstream]
-            )  # fmt: skip
-            for m in methods
-        },
-        reps,
+        {m: lambda m=m: ws.run(f"{tag}-{m}", args_for(m)) for m in METHODS_124M}, reps
     )
     data: dict[str, Any] = {"roofline_gflops": {k: v["peak"] for k, v in roof.items()}}
     rows = [
-        f"GPT-2 shape (124M), embedded task, precision=auto; bf16 matmul roofline "
+        f"GPT-2 shape (124M), {data_label}, precision=auto; bf16 matmul roofline "
         f"{roof['bf16']['peak']:.0f} GFLOP/s (fp32 {roof['fp32']['peak']:.0f}), measured first",
         "",
         "| method | precision | loop s | trained tokens/s | peak RSS MB | MFU (bf16 roofline) |",
@@ -541,6 +582,7 @@ SECTIONS_124M = {
     "seed_job_512": _seed_job_at(512),
     "seed_job_1024": _seed_job_at(1024),
     "mfu_124m": section_mfu_124m,
+    "mfu_124m_long": section_mfu_124m_long,
     "checkpointing_124m": section_checkpointing_124m,
     "huge_pages_124m": section_huge_pages_124m,
     "heap_huge_pages_124m": section_heap_huge_pages_124m,

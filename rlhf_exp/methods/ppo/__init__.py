@@ -54,9 +54,9 @@ def build_accelerator(spec: PPOSpec, precision: str) -> Accelerator:
     no_gpu = not torch.cuda.is_available()
     deepspeed_on_cpu = no_gpu and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     # Not synced with a dataloader: the minibatches are not one, and accelerate's gradient
-    # state is process-wide. A dataloader an earlier stage or sweep job left at its last batch
-    # (transformers' Trainer stops at max_steps without ending it) would otherwise make every
-    # micro-batch an optimiser step
+    # state is process-wide. A dataloader that an earlier stage or sweep job stopped iterating
+    # at its last batch (measured after DPO) stays the active one until garbage collection,
+    # and would otherwise make every micro-batch an optimiser step
     accumulation = GradientAccumulationPlugin(
         num_steps=spec.gradient_accumulation_steps, sync_with_dataloader=False
     )
