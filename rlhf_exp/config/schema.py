@@ -239,6 +239,7 @@ class SFTSpec(TrainSpec):
     name: str = "sft"
     learning_rate: float = _f(1e-3, gt=0, le=1)
     completion_only_loss: bool = True
+    disable_dropout: bool = False
 
 
 @dataclass

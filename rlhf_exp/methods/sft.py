@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from trl import SFTConfig, SFTTrainer
+from trl.trainer.utils import disable_dropout_in_model
 
 from rlhf_exp.config.schema import RunConfig, SFTSpec
 from rlhf_exp.context import RunContext
@@ -46,6 +47,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     base = ctx.base_model()
     tokenizer = load_tokenizer(base, cfg.model)
     model = load_causal_lm(base, cfg.model, tokenizer=tokenizer)
+    if spec.disable_dropout:  # before LoRA wraps it: the adapters keep lora.dropout
+        disable_dropout_in_model(model)
     task = ctx.task(tokenizer)
     if task.sft_train is None or len(task.sft_train) == 0:
         raise UserError(f"dataset {cfg.dataset.name!r} has no sft rows to fine-tune on")

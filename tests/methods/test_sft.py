@@ -48,3 +48,18 @@ def test_sft_lora_changes_only_adapted_weights(run_method):
     adapted = lora_targets(base, run.model.lora_target_modules)
     assert adapted, "the tiny model should have LoRA targets"
     assert changed_tensors(base, tuned) == adapted
+
+
+def test_disable_dropout_makes_split_micro_batches_train_as_whole_ones(run_method):
+    """With every dropout off, a step split into micro-batches is the same step to rounding;
+    with GPT-2's dropout (the default) the masks follow the micro-batch shapes and it is not."""
+    quick = ["method=sft", "method.max_steps=2", "method.max_eval_samples=16"]
+    losses = {}
+    for off in ("true", "false"):
+        for tokens in (4096, 1024):  # 32 rows of 128 tokens at once, or 4 micro-batches of 8
+            metrics, _, _, _ = run_method(
+                *quick, f"method.disable_dropout={off}", f"method.train_batch_tokens={tokens}"
+            )
+            losses[off, tokens] = metrics["train/loss"]
+    assert losses["true", 1024] == pytest.approx(losses["true", 4096], rel=1e-5)
+    assert losses["false", 1024] != pytest.approx(losses["false", 4096], rel=1e-5)
