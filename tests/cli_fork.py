@@ -177,18 +177,23 @@ def start_cli(
             zygote = _zygote
         if _same_env(env, zygote.env):
             return zygote.start(list(args), cwd, env, output)
-    streams = (subprocess.PIPE, subprocess.PIPE)
+    streams = [subprocess.PIPE, subprocess.PIPE]
     if output is not None:
-        streams = tuple(output.with_suffix(suffix).open("w") for suffix in (".stdout", ".stderr"))
-    return subprocess.Popen(
-        [sys.executable, RUN_PY, *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=streams[0],
-        stderr=streams[1],
-        text=True,
-    )
+        streams = [output.with_suffix(suffix).open("w") for suffix in (".stdout", ".stderr")]
+    try:
+        return subprocess.Popen(
+            [sys.executable, RUN_PY, *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=streams[0],
+            stderr=streams[1],
+            text=True,
+        )
+    finally:  # the child has its own copies of the files
+        for stream in streams:
+            if stream is not subprocess.PIPE:
+                stream.close()
 
 
 def stop_zygote() -> None:

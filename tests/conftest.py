@@ -20,9 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["RLHF_EXP_SWEEP_JOBS"] = "1"
 
 from rlhf_exp.context import CONF_DIR  # noqa: E402  (after the thread settings: imports torch)
-from tests.cli_fork import start_cli, stop_zygote  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.cli_fork import ROOT, start_cli, stop_zygote  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
