@@ -227,23 +227,32 @@ def reporting_disk_full(path: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- locks, owners
 @contextmanager
-def entry_lock(lock_file: Path) -> Iterator[None]:
+def entry_lock(lock_file: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file`, removing the file again on release.
 
     After taking the lock the file must still be the one at that path (a releasing holder
     may have unlinked it while we waited); otherwise take the new one. The lock dies with
-    its process, so a killed builder never blocks the next one.
+    its process, so a killed builder never blocks the next one. With `wait=False` a lock
+    held by anyone else (another process, or another open of it in this one) raises
+    `BlockingIOError` at once.
     """
     if fcntl is None:  # pragma: no cover - Windows
-        from filelock import FileLock
+        from filelock import FileLock, Timeout
 
-        with FileLock(str(lock_file)):
+        lock = FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout as err:
+            raise BlockingIOError(errno.EAGAIN, "locked", str(lock_file)) from err
+        try:
             yield
+        finally:
+            lock.release()
         return
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             mine = os.fstat(fd)
             try:
                 now = os.stat(lock_file)

@@ -139,7 +139,7 @@ def _interruption(metrics: dict[str, Any]) -> str:
     return f"{text}, " + ("no checkpoint yet" if step is None else f"checkpoint of step {step}")
 
 
-def _running(marker: Path) -> tuple[bool, str]:
+def running_owner(marker: Path) -> tuple[bool, str]:
     """(alive, where) of the process a RUNNING marker names; another host's counts as alive
     (it cannot be checked from here)."""
     try:
@@ -199,7 +199,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         overrides = dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
         job = Job(job_dir.name, job_dir, overrides)
         metrics_file, marker = job_dir / "metrics.json", job_dir / RUNNING_MARKER
-        alive, where = _running(marker) if marker.is_file() else (False, "")
+        alive, where = running_owner(marker) if marker.is_file() else (False, "")
         if alive:  # a metrics.json there is an earlier attempt's
             job.status, job.detail = "running", where
         elif metrics_file.is_file():

@@ -17,13 +17,20 @@ import shutil
 import signal
 import socket
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_exp import signals
-from rlhf_exp.artifacts import ArtifactCache, atomic_write_text, copy_tree, reporting_disk_full
+from rlhf_exp.artifacts import (
+    ArtifactCache,
+    atomic_write_text,
+    copy_tree,
+    entry_lock,
+    reporting_disk_full,
+)
 from rlhf_exp.config.schema import RunConfig, check_paths, validate
 from rlhf_exp.context import (
     DATA_KINDS,
@@ -152,6 +159,7 @@ def main(cfg: DictConfig) -> float | None:
         finally:
             if attempt.marker is not None:
                 attempt.marker.unlink(missing_ok=True)
+            attempt.held.close()
 
 
 @dataclasses.dataclass
@@ -161,6 +169,7 @@ class _Attempt:
     run: RunConfig | None = None  # validated
     finished: bool = False  # metrics.json holds this run's results
     marker: Path | None = None  # RUNNING_MARKER written by this process
+    held: ExitStack = dataclasses.field(default_factory=ExitStack)  # the run dir's lock
 
 
 @signals.phase("setup")
@@ -173,6 +182,8 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         config_text = OmegaConf.to_yaml(
             {k: v for k, v in cfg.items() if k != "hydra"}, resolve=True
         )
+        if is_main_process():
+            attempt.held.enter_context(hold_run_dir(run_dir))
         if multirun:  # a re-run of a sweep in the same sweep dir
             state = _previous_attempt(run_dir, config_text)
             if state == "finished":
@@ -238,11 +249,38 @@ def _previous_attempt(run_dir: Path, config_text: str) -> str | None:
 
 
 class RunDirInUse(UserError):
-    """The run dir holds another run's files."""
+    """The run dir holds another run's files, or another process runs in it."""
 
 
-# What Hydra itself writes into the run dir before the run starts: never another run's.
-_HYDRA_FILES = (".hydra",)
+RUN_LOCK = ".run.lock"  # held by the process running in the dir; removed on release
+
+# What Hydra itself writes into the run dir before the run starts, and the lock: never
+# another run's files.
+_HYDRA_FILES = (".hydra", RUN_LOCK)
+
+
+def hold_run_dir(run_dir: Path) -> ExitStack:
+    """Lock `run_dir` for this process until the returned stack is closed (or the process
+    dies), or raise `RunDirInUse` if another process (or another run in this one) holds it.
+
+    Two runs of one config started in the same second share the default run dir, and
+    `claim_run_dir` takes the same config as this run's own; a resume started while the run
+    still goes is the same case. Without the lock both would write one dir's checkpoints.
+    """
+    from rlhf_exp.compare import RUNNING_MARKER, running_owner
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stack = ExitStack()
+    try:
+        stack.enter_context(entry_lock(run_dir / RUN_LOCK, wait=False))
+    except BlockingIOError:
+        alive, where = running_owner(run_dir / RUNNING_MARKER)
+        who = f" ({where})" if alive else ""
+        raise RunDirInUse(
+            f"run dir {run_dir} is in use by a run still going{who}; wait for it to end, "
+            "or choose another hydra.run.dir"
+        ) from None
+    return stack
 
 
 def _same_run(text: str, other: str) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,8 +27,8 @@ from rlhf_exp.artifacts import ArtifactCache, NoSpaceLeft, config_hash
 from rlhf_exp.config.schema import validate
 from rlhf_exp.context import stage_key, upstream_run
 from rlhf_exp.errors import UserError
-from rlhf_exp.runner import RunDirInUse, claim_run_dir, execute
-from tests.conftest import ROOT, run_cli
+from rlhf_exp.runner import RUN_LOCK, RunDirInUse, claim_run_dir, execute, hold_run_dir
+from tests.conftest import ROOT, run_cli, start_cli
 
 # Numbers that measure this machine, not the run: never compared between two runs.
 TIMING = ("time/", "throughput/", "memory/")
@@ -250,3 +252,54 @@ def test_cli_refuses_another_runs_dir_and_leaves_its_files(tmp_path: Path):
         "hydra.run.dir, or pass overwrite=true to delete its contents"
     )
     assert (run_dir / "metrics.json").read_text() == '{"method": "dpo"}\n'
+
+
+def test_a_run_dir_is_held_by_one_run_at_a_time(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    held = hold_run_dir(run_dir)
+    with pytest.raises(RunDirInUse) as err:
+        hold_run_dir(run_dir)  # another open of the lock, as another process makes
+    assert str(err.value) == (
+        f"run dir {run_dir} is in use by a run still going; wait for it to end, "
+        "or choose another hydra.run.dir"
+    )
+    held.close()
+    assert not (run_dir / RUN_LOCK).exists()
+    hold_run_dir(run_dir).close()
+
+
+def test_cli_refuses_a_dir_another_process_runs_in_even_with_overwrite(tmp_path: Path):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 1\nmethod:\n  name: dpo\n")
+    (run_dir / "RUNNING").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with hold_run_dir(run_dir):  # this test process plays the run still going
+        result = run_cli(
+            "method=sft",
+            "debug=fast",
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={run_dir}",
+            "overwrite=true",
+        )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"error: run dir {run_dir} is in use by a run still going (pid {os.getpid()}); wait "
+        "for it to end, or choose another hydra.run.dir"
+    )
+    assert (run_dir / "config.yaml").read_text() == "seed: 1\nmethod:\n  name: dpo\n"
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow  # trains: the lock itself is checked fast above
+def test_two_runs_of_one_config_started_together_do_not_share_a_dir(tmp_path: Path):
+    # what two identical commands started in the same second get: one default run dir
+    args = ["method=sft", "debug=fast", *SMALL, "method.max_steps=3", f"paths.root_dir={tmp_path}"]
+    run_dir = tmp_path / "same_second"
+    jobs = [start_cli(*args, f"hydra.run.dir={run_dir}") for _ in range(2)]
+    outputs = ["".join(job.communicate(timeout=600)) for job in jobs]
+    assert sorted(job.returncode for job in jobs) == [0, 2], outputs
+    refused = outputs[[job.returncode for job in jobs].index(2)]
+    assert f"error: run dir {run_dir} is in use by a run still going" in refused
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "status" not in metrics and metrics["method"] == "sft"  # the run that went, whole
+    assert not (run_dir / RUN_LOCK).exists() and not (run_dir / "RUNNING").exists()
