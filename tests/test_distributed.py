@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,17 +19,24 @@ from tests.conftest import ROOT, run_cli
 CPU_CONFIG = ROOT / "rlhf_exp" / "accelerate_configs" / "cpu.yaml"
 
 
+def launch(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run an `accelerate launch` command to its end, output captured. Its temp dir is one of
+    its own, removed after: torchelastic leaves a `torchelastic_*` dir behind per launch."""
+    with tempfile.TemporaryDirectory(prefix="launch-", ignore_cleanup_errors=True) as tmp:
+        return subprocess.run(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": tmp},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
 def accelerate_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file rlhf_exp/accelerate_configs/cpu.yaml run.py ARGS`."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)]
-    return subprocess.run(
-        [*launch, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)]
+    return launch([*command, str(ROOT / "run.py"), *args], timeout)
 
 
 @pytest.mark.slow
@@ -90,11 +98,13 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path, 
     fill = run_cli(*common, "method.max_steps=1", f"hydra.run.dir={tmp_path / 'fill'}")
     assert fill.returncode == 0, fill.stderr[-2000:]  # the SFT stage, in the cache
     run_dir = tmp_path / "two"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG)]
     args = [*common, "method.max_steps=400", "method.save_steps=1000", "method.eval_steps=1000"]
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen(
-        [*launch, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"],
+        [*command, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"],
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},  # torchelastic's dirs: not in /tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,7 +8,6 @@ gathers its weights to save them, evaluates, and agrees with the same run data p
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, run_cli
-from tests.test_distributed import accelerate_cli
+from tests.test_distributed import accelerate_cli, launch
 
 CONFIGS = ROOT / "rlhf_exp" / "accelerate_configs"
 DISTRIBUTED = {"fsdp": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
@@ -37,15 +36,8 @@ def sharded_cli(
         script = [str(ROOT / "tests" / "fsdp_cpu.py"), *script]
     path = tmp_path / f"{name}_cpu.yaml"
     path.write_text(yaml.safe_dump(config))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path)]
-    return subprocess.run(
-        [*launch, *script, *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path)]
+    return launch([*command, *script, *args], timeout)
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
