@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from rlhf_exp.artifacts import ArtifactCache, NoSpaceLeft, config_hash
@@ -303,3 +304,17 @@ def test_two_runs_of_one_config_started_together_do_not_share_a_dir(tmp_path: Pa
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "status" not in metrics and metrics["method"] == "sft"  # the run that went, whole
     assert not (run_dir / RUN_LOCK).exists() and not (run_dir / "RUNNING").exists()
+
+
+@pytest.mark.slow  # trains
+def test_runs_started_in_the_same_second_get_a_default_run_dir_each(tmp_path: Path):
+    common = ["method=sft", "debug=fast", *SMALL, "method.max_steps=2"]
+    common.append(f"paths.root_dir={tmp_path}")
+    jobs = [start_cli(*common, f"seed={seed}") for seed in (1, 2)]  # forked within milliseconds
+    outputs = ["".join(job.communicate(timeout=600)) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs
+    run_dirs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert [d.name[-4:] for d in run_dirs] == ["_sft", "_sft"]
+    seeds = sorted(yaml.safe_load((d / "config.yaml").read_text())["seed"] for d in run_dirs)
+    assert seeds == [1, 2]
+    assert all("status" not in json.loads((d / "metrics.json").read_text()) for d in run_dirs)
