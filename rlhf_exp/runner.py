@@ -182,10 +182,11 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         config_text = OmegaConf.to_yaml(
             {k: v for k, v in cfg.items() if k != "hydra"}, resolve=True
         )
+        data_text = _data_text(run)
         if is_main_process():
             attempt.held.enter_context(hold_run_dir(run_dir))
         if multirun:  # a re-run of a sweep in the same sweep dir
-            state = _previous_attempt(run_dir, config_text)
+            state = _previous_attempt(run_dir, config_text, data_text)
             if state == "finished":
                 log.info("%s: finished before with this config; skipped", run_dir)
                 return json.loads((run_dir / "metrics.json").read_text()).get("objective")
@@ -193,10 +194,11 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
                 log.info("%s: interrupted before; resuming from its latest checkpoint", run_dir)
                 run = dataclasses.replace(run, resume_from="latest")
         if is_main_process():
-            claim_run_dir(run_dir, config_text, run.overwrite)
+            claim_run_dir(run_dir, config_text, run.overwrite, data_text)
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_main_process():
             atomic_write_text(run_dir / "config.yaml", config_text)
+            atomic_write_text(run_dir / DATA_FILE, data_text)
             attempt.marker = _mark_running(run_dir)
         _set_threads(run.threads)
         from rlhf_exp.methods import get_method  # imports torch, transformers, trl: seconds
@@ -220,8 +222,10 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
             raise stop from err
         line = f"error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
         # RunDirInUse: that dir's metrics.json is another run's; ObjectiveMissing: it holds
-        # this run's results and the error already
-        if not isinstance(err, (RunDirInUse, ObjectiveMissing)):
+        # this run's results and the error already. DataChanged in a sweep: the job's result
+        # there is of data that is gone, and the report must not show it as this sweep's.
+        stale = multirun and isinstance(err, DataChanged)
+        if stale or not isinstance(err, (RunDirInUse, ObjectiveMissing)):
             _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
         if multirun:
             log.error("%s", line, exc_info=not isinstance(err, UserError))
@@ -234,14 +238,16 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
     return metrics.get("objective")
 
 
-def _previous_attempt(run_dir: Path, config_text: str) -> str | None:
+def _previous_attempt(run_dir: Path, config_text: str, data_text: str) -> str | None:
     """ "finished" or "resumable" when `run_dir` holds an earlier run of the same config
-    (`resume_from` aside), else None: also for a run that failed, or that was interrupted
-    before its first checkpoint (it starts again in its dir)."""
+    (`resume_from` aside) on the same data, else None: also for a run that failed, or that
+    was interrupted before its first checkpoint (it starts again in its dir)."""
     from rlhf_exp.training import has_complete_checkpoint
 
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "metrics.json"
     if not config_file.is_file() or not _same_run(config_file.read_text(), config_text):
+        return None
+    if _changed_data(run_dir, data_text):
         return None
     if metrics_file.is_file() and "status" not in json.loads(metrics_file.read_text()):
         return "finished"  # a finished run's metrics have no status (failed, interrupted)
@@ -252,7 +258,33 @@ class RunDirInUse(UserError):
     """The run dir holds another run's files, or another process runs in it."""
 
 
+class DataChanged(RunDirInUse):
+    """The run dir holds this config's run on data whose files have changed since."""
+
+
 RUN_LOCK = ".run.lock"  # held by the process running in the dir; removed on release
+# Beside config.yaml: the content of the run's data files (`source_fingerprint`), which the
+# config names only by path. A file edited in place makes the dir another run's.
+DATA_FILE = "data.json"
+
+
+def _data_text(run: RunConfig) -> str:
+    from rlhf_exp.data.loading import source_fingerprint
+
+    return json.dumps(source_fingerprint(run.dataset), indent=2, sort_keys=True) + "\n"
+
+
+def _changed_data(run_dir: Path, data_text: str) -> list[str]:
+    """The data splits whose files differ from those the run in `run_dir` used, e.g.
+    `["dataset.data_files.preference"]`; none for a dir written before data.json existed."""
+    try:
+        then = json.loads((run_dir / DATA_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    now = json.loads(data_text)
+    splits = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    return [f"dataset.data_files.{k}" if "hub" not in k else f"dataset.{k}" for k in splits]
+
 
 # What Hydra itself writes into the run dir before the run starts, and the lock: never
 # another run's files.
@@ -306,11 +338,15 @@ def _same_run(text: str, other: str) -> bool:
     return ".method.name" in common and all(mine[k] == theirs[k] for k in common)
 
 
-def claim_run_dir(run_dir: Path, config_text: str, overwrite: bool) -> None:
-    """Refuse a run dir that holds another run's files (a different or no config.yaml):
-    rotating checkpoints there would delete that run's, and its files would mix with this
-    run's. `overwrite=true` empties it first. The same config (resume_from aside) is this
-    run's own dir: a resume, or a rerun that replaces its files."""
+def claim_run_dir(
+    run_dir: Path, config_text: str, overwrite: bool, data_text: str | None = None
+) -> None:
+    """Refuse a run dir that holds another run's files (a different or no config.yaml, or the
+    same config trained on data whose files have changed since): rotating checkpoints there
+    would delete that run's, a resume would continue its weights on other data, and its files
+    would mix with this run's. `overwrite=true` empties it first. The same config
+    (resume_from aside) on the same data is this run's own dir: a resume, or a rerun that
+    replaces its files."""
     if not run_dir.is_dir():
         return
     found = [
@@ -319,11 +355,19 @@ def claim_run_dir(run_dir: Path, config_text: str, overwrite: bool) -> None:
     if not found:
         return
     config = run_dir / "config.yaml"
-    if config.is_file() and _same_run(config.read_text(), config_text):
+    same_config = config.is_file() and _same_run(config.read_text(), config_text)
+    changed = _changed_data(run_dir, data_text) if same_config and data_text else []
+    if same_config and not changed:
         return
     if not overwrite:
-        what = "a run with another config" if config.is_file() else "files of something else"
-        raise RunDirInUse(
+        if changed:
+            what = f"this config's run on other data ({', '.join(changed)} changed since)"
+        elif config.is_file():
+            what = "a run with another config"
+        else:
+            what = "files of something else"
+        error = DataChanged if changed else RunDirInUse
+        raise error(
             f"run dir {run_dir} holds {what}; choose another hydra.run.dir, or pass "
             "overwrite=true to delete its contents"
         )

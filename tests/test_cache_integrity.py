@@ -28,7 +28,15 @@ from rlhf_exp.artifacts import ArtifactCache, NoSpaceLeft, config_hash
 from rlhf_exp.config.schema import validate
 from rlhf_exp.context import stage_key, upstream_run
 from rlhf_exp.errors import UserError
-from rlhf_exp.runner import RUN_LOCK, RunDirInUse, claim_run_dir, execute, hold_run_dir
+from rlhf_exp.runner import (
+    DATA_FILE,
+    RUN_LOCK,
+    RunDirInUse,
+    _previous_attempt,
+    claim_run_dir,
+    execute,
+    hold_run_dir,
+)
 from tests.conftest import ROOT, run_cli, start_cli
 
 # Numbers that measure this machine, not the run: never compared between two runs.
@@ -239,6 +247,31 @@ def test_a_dir_holding_another_runs_files_is_refused(tmp_path: Path):
     )
     claim_run_dir(run_dir, mine, overwrite=True)
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "run.log"]
+
+
+def test_the_same_config_on_changed_data_is_another_run(tmp_path: Path):
+    config = "seed: 0\nmethod:\n  name: dpo\n"
+    before = json.dumps({"preference": "aa", "sft": "bb"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(config)
+    (run_dir / "metrics.json").write_text('{"method": "dpo", "objective": 1.0}\n')
+    claim_run_dir(run_dir, config, overwrite=False)  # a dir from before data.json: its own
+    (run_dir / DATA_FILE).write_text(before)
+    claim_run_dir(run_dir, config, overwrite=False, data_text=before)
+    assert _previous_attempt(run_dir, config, before) == "finished"  # a sweep skips it
+
+    edited = json.dumps({"preference": "cc", "sft": "bb"})
+    with pytest.raises(RunDirInUse) as err:
+        claim_run_dir(run_dir, config, overwrite=False, data_text=edited)
+    assert str(err.value) == (
+        f"run dir {run_dir} holds this config's run on other data "
+        "(dataset.data_files.preference changed since); choose another hydra.run.dir, or pass "
+        "overwrite=true to delete its contents"
+    )
+    assert _previous_attempt(run_dir, config, edited) is None  # neither skipped nor resumed
+    claim_run_dir(run_dir, config, overwrite=True, data_text=edited)
+    assert list(run_dir.iterdir()) == []
 
 
 def test_cli_refuses_another_runs_dir_and_leaves_its_files(tmp_path: Path):

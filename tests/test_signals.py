@@ -131,12 +131,15 @@ def test_a_rerun_sweep_skips_finished_jobs_and_restarts_interrupted_ones(tmp_pat
     (tmp_path / "config.yaml").write_text(config)
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"status": "interrupted", "phase": "setup", "step": None}))
-    assert _previous_attempt(tmp_path, config) is None  # no checkpoint: it starts again
+    data = '{"preference": "aa"}'
+    (tmp_path / "data.json").write_text(data)
+    assert _previous_attempt(tmp_path, config, data) is None  # no checkpoint: it starts again
     (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (tmp_path / "checkpoints" / "checkpoint-2" / "COMPLETE").write_text("2\n")
-    assert _previous_attempt(tmp_path, config) == "resumable"
+    assert _previous_attempt(tmp_path, config, data) == "resumable"
+    assert _previous_attempt(tmp_path, config, '{"preference": "bb"}') is None  # edited data
     metrics.write_text(json.dumps({"method": "sft", "train/global_step": 4}))
-    assert _previous_attempt(tmp_path, config) == "finished"
+    assert _previous_attempt(tmp_path, config, data) == "finished"
 
 
 # --------------------------------------------------------------------------- the report

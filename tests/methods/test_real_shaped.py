@@ -176,6 +176,57 @@ def test_pairs_that_all_tie_stop_with_one_line(tmp_path):
     assert not (run_dir / "model").exists()  # ...and no reward model was trained or saved
 
 
+def test_a_checkpoint_is_not_resumed_on_edited_data(tmp_path, shared_cache):
+    from tests.conftest import run_cli
+
+    data = dialogue_file(tmp_path / "hh.jsonl", n=120, seed=1)
+    run_dir = tmp_path / "run"
+    common = [*files_overrides(data), "method=sft", "debug=fast", "method.max_steps=2"]
+    common += ["method.save_steps=1", f"paths.root_dir={tmp_path}"]
+    common += [f"paths.cache_dir={shared_cache}", f"hydra.run.dir={run_dir}"]
+    first = run_cli(*common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file()
+    trained_on = json.loads((run_dir / "data.json").read_text())["preference"]
+    resumed = run_cli(*common, "resume_from=latest")  # the same bytes: its own dir
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    dialogue_file(data, n=120, seed=2)  # edited in place: same path, same config
+    resumed = run_cli(*common, "resume_from=latest")
+    assert resumed.returncode == 2, resumed.stderr[-2000:]
+    assert resumed.stderr.strip() == (
+        f"error: run dir {run_dir} holds this config's run on other data "
+        "(dataset.data_files.preference changed since); choose another hydra.run.dir, or pass "
+        "overwrite=true to delete its contents"
+    )
+    assert "status" not in json.loads((run_dir / "metrics.json").read_text())  # kept as it was
+    again = run_cli(*common, "overwrite=true")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run_dir / "data.json").read_text())["preference"] != trained_on
+
+
+def test_a_sweep_rerun_on_edited_data_keeps_no_stale_result(tmp_path, shared_cache):
+    from tests.conftest import run_cli
+
+    data = dialogue_file(tmp_path / "hh.jsonl", n=120, seed=1)
+    sweep = tmp_path / "sweep"
+    common = ["-m", *files_overrides(data), "method=sft", "debug=fast", "method.max_steps=2"]
+    common += [f"paths.root_dir={tmp_path}", f"paths.cache_dir={shared_cache}"]
+    common.append(f"hydra.sweep.dir={sweep}")
+    assert run_cli(*common).returncode == 0
+    (job,) = [p for p in sweep.iterdir() if (p / "metrics.json").is_file()]
+    again = run_cli(*common)
+    assert "finished before with this config; skipped" in again.stderr + again.stdout
+    dialogue_file(data, n=120, seed=2)  # edited in place
+    edited = run_cli(*common)
+    assert edited.returncode == 0, edited.stderr[-2000:]  # a sweep goes on past a failed job
+    assert "skipped" not in edited.stderr + edited.stdout
+    metrics = json.loads((job / "metrics.json").read_text())
+    line = "(dataset.data_files.preference changed since)"
+    assert metrics["status"] == "failed" and line in metrics["error"]
+    report = (sweep / "comparison.md").read_text()
+    assert "1 runs, 1 failed" in report, report
+
+
 def forwards_inside(monkeypatch, phase: str, grad: bool) -> list[int]:
     """Padded tokens of every forward of a trainer's model inside `Trainer.<phase>` (train,
     evaluate) with gradients on or off: what one batch or micro-batch holds."""
