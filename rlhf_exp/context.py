@@ -312,7 +312,7 @@ def upstream_run(run: RunConfig, stage: str) -> RunConfig:
 
 def stage_key(run: RunConfig) -> dict[str, Any]:
     """Everything that decides a stage's output; the cache key of that output."""
-    from rlhf_exp.data.loading import source_fingerprint
+    from rlhf_exp.data.loading import source_fingerprint, split_rule
     from rlhf_exp.methods import get_method
 
     upstream = {}
@@ -328,7 +328,7 @@ def stage_key(run: RunConfig) -> dict[str, Any]:
         del dataset["data_files"]
     if run.method.name == "sft":  # reads no preference labels: one SFT policy for every budget
         dataset = {k: v for k, v in dataset.items() if k not in LABEL_FIELDS}
-    return {
+    key = {
         "method": asdict(run.method),
         "model": asdict(run.model),
         "dataset": dataset,
@@ -337,6 +337,10 @@ def stage_key(run: RunConfig) -> dict[str, Any]:
         "seed": run.seed,
         "upstream": upstream,
     }
+    rule = split_rule(run.dataset)
+    if rule is not None:  # only where the rule decides rows: other datasets keep their keys
+        key["split"] = rule
+    return key
 
 
 def discard_conversions(data: DatasetSpec, cache_root: Path) -> None:

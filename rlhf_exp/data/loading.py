@@ -19,6 +19,14 @@ test; SFT rows are split row-wise (a `text`-only corpus has one prompt, ""); wit
 SFT data is the preference rows' prompt + chosen; without eval prompts, up to
 `n_eval_prompts` distinct held-out prompts are taken, with chosen as the reference.
 
+One prompt, one side: a split drawn here follows the sides of the splits already fixed
+(`_split_following`), so no stage trains on a prompt another split holds out. Explicit splits
+are fixed first, then the pairs, then the SFT rows (then KTO's unpaired rows,
+`split_unpaired`): an SFT row whose prompt is a held-out pair prompt goes to sft_eval, one
+whose prompt is a training pair prompt to sft_train, and only rows of prompts no other split
+has are split as before. Evaluation prompts drawn from held-out rows skip any prompt a
+training split holds. Rows moved or skipped this way are counted in the log.
+
 Try it:
 
     python -c "from pathlib import Path; from rlhf_exp.config.schema import DatasetSpec; \
@@ -230,6 +238,22 @@ def source_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
     return {}
 
 
+# Bumped when a change to the splitting rules moves rows between train and held-out sides.
+SPLIT_RULE = "prompt-sides-1"
+
+
+def split_rule(spec: DatasetSpec) -> str | None:
+    """The splitting rules a stage trained on `spec` depends on, for cache keys: `SPLIT_RULE`
+    when the task has two kinds of rows whose splits follow each other's prompts (see
+    `_split_following`), else None (one kind of rows splits as it always has)."""
+    if spec.source == "embedded":
+        kinds = {"sft", "preference"}  # the generator writes both (n_sft, n_pairs >= 2)
+    else:
+        mapping = spec.data_files if spec.source == "files" else spec.hub_splits
+        kinds = set(mapping) & {"sft", "preference", "unpaired"}
+    return SPLIT_RULE if len(kinds) >= 2 else None
+
+
 def _chain(err: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     while err is not None and err not in seen:
@@ -293,7 +317,9 @@ def load_raw(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:
 
 
 # ----------------------------------------------------------------------------- splits
-def _split_by_prompt(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def _split_by_prompt(
+    ds: Dataset, fraction: float, seed: int, split: str = "preference"
+) -> tuple[Dataset, Dataset]:
     """Seeded train/test split of whole prompts, so no prompt lands on both sides.
 
     `fraction` is the share of distinct prompts held out (at least one, leaving at least one).
@@ -301,9 +327,10 @@ def _split_by_prompt(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     prompts = list(ds["prompt"])
     unique = list(dict.fromkeys(prompts))  # first-seen order, so the seed alone decides
     if len(unique) < 2:
+        hint = " (or give a preference_test split)" if split == "preference" else ""
         raise UserError(
-            f"dataset split 'preference' has {len(unique)} distinct prompt; a train/test "
-            "split needs at least 2 (or give a preference_test split)"
+            f"dataset split {split!r} has {len(unique)} distinct prompt; a train/test "
+            f"split needs at least 2{hint}"
         )
     random.Random(seed).shuffle(unique)
     n_test = min(len(unique) - 1, max(1, round(fraction * len(unique))))
@@ -321,17 +348,108 @@ def _split_rows(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     return parts["train"], parts["test"]
 
 
+@dataclass(frozen=True)
+class PromptSides:
+    """Prompts that splits already fixed put on the training side and on the held-out side."""
+
+    train: frozenset[str] = frozenset()
+    test: frozenset[str] = frozenset()
+
+
+def prompt_sides(*splits: tuple[Dataset | None, Dataset | None]) -> PromptSides:
+    """The sides of (train, held-out) dataset pairs; a prompt on both counts as training (it
+    is trained on, so it can never be held out)."""
+    train: set[str] = set()
+    test: set[str] = set()
+    for train_rows, test_rows in splits:
+        train.update(train_rows["prompt"] if train_rows is not None else ())
+        test.update(test_rows["prompt"] if test_rows is not None else ())
+    return PromptSides(frozenset(train), frozenset(test - train))
+
+
+def _split_following(
+    ds: Dataset,
+    sides: PromptSides,
+    split: str,
+    by_prompt: bool,
+    fraction: float,
+    seed: int,
+) -> tuple[Dataset, Dataset | None]:
+    """Split `ds` (rows of raw split `split`) so that its rows of prompts in `sides` land on
+    the side those prompts are on; the other rows are split as without `sides` (by prompt or
+    by row), so a dataset sharing no prompt with `sides` splits exactly as before."""
+
+    def draw(rows: Dataset) -> tuple[Dataset, Dataset | None]:
+        if by_prompt:
+            return _split_by_prompt(rows, fraction, seed, split)
+        return _split_rows(rows, fraction, seed)
+
+    prompts = ds["prompt"]
+    to_train = [i for i, p in enumerate(prompts) if p in sides.train]
+    to_test = [i for i, p in enumerate(prompts) if p in sides.test]
+    if not to_train and not to_test:
+        return draw(ds)
+    pinned = set(to_train) | set(to_test)
+    rest = ds.select([i for i in range(len(ds)) if i not in pinned])
+    units = len(set(rest["prompt"])) if by_prompt else len(rest)
+    # With held-out rows already pinned, a remainder too small to split all trains.
+    rest_train, rest_test = (rest, None) if units < 2 and to_test else draw(rest)
+    logger.info(
+        "dataset split %r: %d rows held out and %d kept for training because another split "
+        "holds out / trains on their prompts; %d rows of other prompts split as usual",
+        split,
+        len(to_test),
+        len(to_train),
+        len(rest),
+    )
+    train = datasets.concatenate_datasets([ds.select(to_train), rest_train])
+    tests = [part for part in (ds.select(to_test), rest_test) if part is not None and len(part)]
+    return train, datasets.concatenate_datasets(tests) if tests else None
+
+
+def split_unpaired(
+    rows: Dataset, task: TaskData, fraction: float, seed: int
+) -> tuple[Dataset, Dataset]:
+    """KTO's unpaired rows held out by prompt, following the task's other splits: rows of a
+    prompt the task trains on train, rows of a held-out or evaluation prompt are held out."""
+    sides = prompt_sides(
+        (task.sft_train, task.sft_eval),
+        (task.pref_train, task.pref_test),
+        (None, task.eval_prompts),
+    )
+    train, test = _split_following(rows, sides, "unpaired", True, fraction, seed)
+    if test is None or len(test) == 0 or len(train) == 0:
+        side = "held out" if len(train) == 0 else "trained on"
+        raise UserError(
+            f"dataset split 'unpaired': every prompt is {side} by the task's other splits, "
+            "so nothing is left to train KTO on and evaluate it with; give it prompts of its own"
+        )
+    return train, test
+
+
 def _as_sft(pref: Dataset) -> Dataset:
     return pref.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
 
 
-def _eval_from(ds: Dataset, target: str, n: int, tokenizer: Any) -> Dataset:
-    """Up to `n` distinct prompts of `ds`, each with its first `target` as the reference."""
+def _eval_from(
+    ds: Dataset, target: str, n: int, tokenizer: Any, trained: frozenset[str] = frozenset()
+) -> Dataset:
+    """Up to `n` distinct prompts of `ds` outside `trained`, each with its first `target` as
+    the reference."""
     first: dict[str, int] = {}
+    skipped: set[str] = set()
     for i, prompt in enumerate(ds["prompt"]):
+        if prompt in trained:  # e.g. a prompt with several SFT rows, split row-wise
+            skipped.add(prompt)
+            continue
         first.setdefault(prompt, i)
         if len(first) == n:
             break
+    if skipped:
+        logger.info(
+            "evaluation prompts: %d held-out prompts skipped because a training split has them",
+            len(skipped),
+        )
     rows = ds.select(list(first.values()))
     references = [strip_eos(text, tokenizer) for text in rows[target]]
     return Dataset.from_dict({"prompt": list(rows["prompt"]), "reference": references})
@@ -350,18 +468,20 @@ def load_task(spec: DatasetSpec, tokenizer: Any, cache_dir: Path) -> TaskData:
     def norm(fn: Any, split: str) -> Dataset | None:
         return fn(raw[split], tokenizer, cols, split=split) if split in raw else None
 
+    fraction, seed = spec.test_fraction, spec.seed
+    # Explicit held-out splits are fixed first; each split drawn here follows the sides of
+    # those already fixed, so one prompt is on one side for every stage (module docstring).
+    sft, sft_eval = norm(normalize_sft, "sft"), norm(normalize_sft, "sft_eval")
     pref, pref_test = norm(normalize_preference, "preference"), None
     if pref is not None:
-        explicit_test = norm(normalize_preference, "preference_test")
-        pref, pref_test = (
-            (pref, explicit_test)
-            if explicit_test is not None
-            else _split_by_prompt(pref, spec.test_fraction, spec.seed)
-        )
+        pref_test = norm(normalize_preference, "preference_test")
+        if pref_test is None:
+            fixed = prompt_sides((sft, sft_eval)) if sft_eval is not None else PromptSides()
+            pref, pref_test = _split_following(pref, fixed, "preference", True, fraction, seed)
 
-    sft, sft_eval = norm(normalize_sft, "sft"), norm(normalize_sft, "sft_eval")
     if sft is not None and sft_eval is None:
-        sft, sft_eval = _split_rows(sft, spec.test_fraction, spec.seed)
+        fixed = prompt_sides((pref, pref_test)) if pref is not None else PromptSides()
+        sft, sft_eval = _split_following(sft, fixed, "sft", False, fraction, seed)
     elif sft is None and pref is not None:  # SFT on the preferred answers; test stays held out
         logger.info(
             "dataset %s has no sft rows: SFT trains on prompt + chosen of its pairs", spec.name
@@ -371,10 +491,13 @@ def load_task(spec: DatasetSpec, tokenizer: Any, cache_dir: Path) -> TaskData:
     evals = norm(normalize_eval_prompts, "eval_prompts")
     if evals is not None:
         evals = evals.select(range(min(spec.n_eval_prompts, len(evals))))
-    elif pref_test is not None:
-        evals = _eval_from(pref_test, "chosen", spec.n_eval_prompts, tokenizer)
-    elif sft_eval is not None:
-        evals = _eval_from(sft_eval, "completion", spec.n_eval_prompts, tokenizer)
+    else:
+        # "" (a `text`-only corpus's one prompt) says nothing, so sampling from it leaks none
+        trained = prompt_sides((sft, None), (pref, None)).train - {""}
+        if pref_test is not None:
+            evals = _eval_from(pref_test, "chosen", spec.n_eval_prompts, tokenizer, trained)
+        elif sft_eval is not None:
+            evals = _eval_from(sft_eval, "completion", spec.n_eval_prompts, tokenizer, trained)
 
     task = TaskData(sft, sft_eval, pref, pref_test, evals, spec.gold_reward)
     sizes = {f.name: len(getattr(task, f.name) or []) for f in dataclasses.fields(task)[:-1]}

@@ -204,3 +204,105 @@ def test_fingerprint_of_hub_and_embedded_sources():
         "hub_splits": {"preference": "train", "preference_test": "test"},
     }
     assert source_fingerprint(DatasetSpec()) == {}
+
+
+# -------------------------------------------------------------------- held-out prompts
+def demos(rows: list[dict]) -> list[dict[str, str]]:
+    """SFT rows over the prompts of `rows` (prompt + chosen), as an HH-style setup has them."""
+    return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
+
+
+def prompts(ds) -> set[str]:
+    return set(ds["prompt"]) if ds is not None else set()
+
+
+def assert_no_held_out_prompt_trains(task) -> None:
+    trained = prompts(task.sft_train) | prompts(task.pref_train)
+    assert not prompts(task.pref_test) & trained
+    assert not prompts(task.eval_prompts) & trained
+
+
+def test_held_out_pair_prompts_never_reach_sft_train(tmp_path, caplog):
+    rows = pairs(0, 50)
+    pref = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    sft = write_jsonl(tmp_path / "sft.jsonl", demos(rows[::-1]))  # other order, same prompts
+    with caplog.at_level("INFO", logger="rlhf_exp.data.loading"):
+        task = load_task(spec(pref, sft=sft), None, tmp_path / "cache")
+    assert_no_held_out_prompt_trains(task)
+    # one prompt, one side: SFT is held out exactly where the pairs are, and nothing is lost
+    assert prompts(task.sft_eval) == prompts(task.pref_test) and len(task.pref_test) == 10
+    assert len(task.sft_train) + len(task.sft_eval) == 50
+    assert "dataset split 'sft': 10 rows held out and 40 kept for training" in caplog.text
+
+
+def test_sft_rows_of_other_prompts_split_as_before(tmp_path):
+    """Rows whose prompts the pairs do not have split row-wise, as SFT rows always did: a
+    task whose SFT and pair prompts are disjoint keeps its splits."""
+    pref = write_jsonl(tmp_path / "pairs.jsonl", pairs(0, 20))
+    sft_rows = demos(pairs(100, 30))
+    sft = write_jsonl(tmp_path / "sft.jsonl", sft_rows)
+    task = load_task(spec(pref, sft=sft), None, tmp_path / "cache")
+    before = Dataset.from_list(sft_rows).train_test_split(test_size=6, seed=0)
+    assert task.sft_train.to_list() == before["train"].to_list()
+    assert task.sft_eval.to_list() == before["test"].to_list()
+
+    shared = write_jsonl(tmp_path / "both.jsonl", demos(pairs(0, 20)) + sft_rows)
+    task = load_task(spec(pref, sft=shared), None, tmp_path / "cache")
+    assert_no_held_out_prompt_trains(task)
+    assert prompts(task.pref_test) <= prompts(task.sft_eval)
+    assert len(prompts(task.sft_eval) - prompts(task.pref_test)) == 6  # of the 30 others
+
+
+def test_pairs_follow_explicit_sft_splits(tmp_path):
+    rows = pairs(0, 30)
+    pref = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    sft = write_jsonl(tmp_path / "sft.jsonl", demos(rows[:24]))
+    sft_eval = write_jsonl(tmp_path / "sft_eval.jsonl", demos(rows[24:]))
+    task = load_task(spec(pref, sft=sft, sft_eval=sft_eval), None, tmp_path / "cache")
+    assert prompts(task.pref_train) == prompts(task.sft_train)
+    assert prompts(task.pref_test) == prompts(task.sft_eval)
+    assert_no_held_out_prompt_trains(task)
+
+
+def test_real_shaped_dialogues_keep_held_out_prompts_out_of_training(tmp_path):
+    """Multi-turn HH-shaped pairs (implicit prompts) and SFT demonstrations of their prompts."""
+    from rlhf_exp.data.synthetic_dialogues import hh_like_rows
+    from rlhf_exp.data.synthetic_dialogues import write_jsonl as write_dialogues
+
+    pref = write_dialogues(hh_like_rows(120, seed=0), tmp_path / "pairs.jsonl")
+    normalised = load_task(spec(pref), None, tmp_path / "cache")
+    rows = normalised.pref_train.to_list() + normalised.pref_test.to_list()
+    sft = write_jsonl(tmp_path / "sft.jsonl", demos(rows))
+    task = load_task(spec(pref, sft=sft), None, tmp_path / "cache")
+    assert_no_held_out_prompt_trains(task)
+    assert prompts(task.sft_eval) == prompts(task.pref_test)
+    assert prompts(task.eval_prompts) <= prompts(task.pref_test)
+
+
+def test_evaluation_prompts_skip_prompts_a_training_split_has(tmp_path, caplog):
+    """SFT rows are split row-wise, so a prompt with several rows can be on both sides; it is
+    then no evaluation prompt."""
+    rows = [{"prompt": f"Prompt {i % 8}:", "completion": f" reply {i}."} for i in range(40)]
+    sft = write_jsonl(tmp_path / "sft.jsonl", rows)
+    files = {"sft": str(sft)}
+    data = DatasetSpec(source="files", data_files=files, test_fraction=0.2, n_eval_prompts=8)
+    with caplog.at_level("INFO", logger="rlhf_exp.data.loading"):
+        task = load_task(data, None, tmp_path / "cache")
+    assert not prompts(task.eval_prompts) & prompts(task.sft_train)
+    assert "held-out prompts skipped because a training split has them" in caplog.text
+
+
+def test_stage_keys_change_only_where_splits_follow_each_other(tmp_path, compose_cfg):
+    """Stages cached under the older, independent splits of SFT rows and pairs are not
+    reused; a dataset of one kind of rows keeps its keys."""
+    from rlhf_exp.context import stage_key, upstream_run
+
+    pref = write_jsonl(tmp_path / "pairs.jsonl", pairs(0, 40))
+    sft = write_jsonl(tmp_path / "sft.jsonl", demos(pairs(0, 40)))
+
+    def key(*more: str) -> dict:
+        run = validate(compose_cfg("method=dpo", "dataset=files", f"+{KEY}={pref}", *more))
+        return stage_key(upstream_run(run, "sft"))
+
+    assert "split" not in key()
+    assert key(f"+dataset.data_files.sft={sft}")["split"] == "prompt-sides-1"
