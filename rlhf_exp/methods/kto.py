@@ -43,7 +43,7 @@ from rlhf_exp.config.kto import KTOSpec
 from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.context import RunContext
 from rlhf_exp.data.formats import normalize_unpaired, strip_eos
-from rlhf_exp.data.loading import _split_by_prompt, load_raw
+from rlhf_exp.data.loading import load_raw, split_unpaired
 from rlhf_exp.data.tokens import require_rows
 from rlhf_exp.errors import UserError
 from rlhf_exp.evaluation import final_evaluation
@@ -147,14 +147,15 @@ def _eval_prompts(rows: Dataset, n: int, tokenizer: Any) -> Dataset:
 
 
 def _unpaired_rows(cfg: RunConfig, ctx: RunContext, task: Any, tokenizer: Any) -> tuple:
-    """(train, held-out, task) from the dataset's `unpaired` split, held out by prompt."""
+    """(train, held-out, task) from the dataset's `unpaired` split, held out by prompt and
+    following the task's other splits (no KTO training prompt is an evaluation prompt)."""
     data = cfg.dataset
     only = {"data_files": {}, "hub_splits": {}}
     for key in only:
         only[key] = {s: v for s, v in getattr(data, key).items() if s == "unpaired"}
     raw = load_raw(dataclasses.replace(data, **only), ctx.cache.root)["unpaired"]
-    train_rows, test_rows = _split_by_prompt(
-        normalize_unpaired(raw, tokenizer, data.columns), data.test_fraction, data.seed
+    train_rows, test_rows = split_unpaired(
+        normalize_unpaired(raw, tokenizer, data.columns), task, data.test_fraction, data.seed
     )
     if task.eval_prompts is None:  # no other split to take evaluation prompts from
         evals = _eval_prompts(test_rows, data.n_eval_prompts, tokenizer)

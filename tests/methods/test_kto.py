@@ -17,6 +17,7 @@ from rlhf_exp.config.schema import DatasetSpec
 from rlhf_exp.context import stage_key, upstream_run
 from rlhf_exp.data import load_task
 from rlhf_exp.data.formats import normalize_unpaired
+from rlhf_exp.data.loading import split_unpaired
 from rlhf_exp.data.tokens import TokenBudget, tokenize_split
 from rlhf_exp.errors import UserError
 from rlhf_exp.methods.kto import loss_weights, unpair, with_kl_completions
@@ -97,6 +98,34 @@ def test_unpaired_rows_need_a_bool_label():
         normalize_unpaired(Dataset.from_list([{**rows[0], "label": "yes"}]), None, {"q": "prompt"})
     with pytest.raises(UserError, match=r"expected prompt/completion/label"):
         normalize_unpaired(Dataset.from_list([{"prompt": "a", "completion": "b"}]), None, {})
+
+
+def test_unpaired_evaluation_prompts_are_not_kto_training_prompts(tmp_path: Path, caplog):
+    """Unpaired feedback and SFT demonstrations over the same prompts: the evaluation prompts
+    (held-out SFT prompts) and the held-out unpaired rows are prompts KTO and SFT never train
+    on."""
+    n = 60
+    feedback = [
+        {"prompt": f"Review {i}: the film", "completion": f" was {word}.", "label": good}
+        for i in range(n)
+        for word, good in (("warm", True), ("dull", False))
+    ]
+    demos = [{"prompt": f"Review {i}: the film", "completion": " was warm."} for i in range(n)]
+    files = {
+        "sft": str(_write(tmp_path / "demos.jsonl", demos)),
+        "unpaired": str(_write(tmp_path / "feedback.jsonl", feedback)),
+    }
+    data = DatasetSpec(source="files", data_files=files, test_fraction=0.2, n_eval_prompts=8)
+    task = load_task(data, None, tmp_path / "cache")
+    rows = normalize_unpaired(Dataset.from_list(feedback), None, {})
+    with caplog.at_level("INFO", logger="rlhf_exp.data.loading"):
+        train, test = split_unpaired(rows, task, data.test_fraction, data.seed)
+    trained = set(train["prompt"]) | set(task.sft_train["prompt"])
+    assert len(task.eval_prompts) == 8 and not set(task.eval_prompts["prompt"]) & trained
+    assert not set(test["prompt"]) & trained
+    assert set(test["prompt"]) == set(task.sft_eval["prompt"])
+    assert len(train) + len(test) == len(feedback)
+    assert "dataset split 'unpaired': 24 rows held out and 96 kept for training" in caplog.text
 
 
 def test_batch_of_one_is_one_line_exit_2(tmp_path: Path):
