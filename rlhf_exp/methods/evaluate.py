@@ -30,11 +30,31 @@ def _needs(run: RunConfig) -> tuple[str, ...]:
 def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     assert cfg.policy_path is not None  # schema: method=eval requires it
     tokenizer = load_tokenizer(cfg.policy_path, cfg.model)
+    reference_dir = cfg.reference_path or str(ctx.upstream("sft"))
+    _check_same_tokenizer(cfg, tokenizer, reference_dir)
     task = ctx.task(tokenizer)
     if task.eval_prompts is None or len(task.eval_prompts) == 0:
         raise UserError(f"dataset {cfg.dataset.name!r} has no evaluation prompts")
     policy = load_causal_lm(cfg.policy_path, cfg.model, tokenizer=tokenizer).eval()
-    reference_dir = cfg.reference_path or str(ctx.upstream("sft"))
     reference = load_causal_lm(reference_dir, cfg.model, tokenizer=tokenizer).eval()
     metrics = final_evaluation(ctx, policy, tokenizer, task, reference=reference)
     return {**metrics, "eval/policy_path": cfg.policy_path, "eval/reference_path": reference_dir}
+
+
+def _check_same_tokenizer(cfg: RunConfig, tokenizer: Any, reference_dir: str) -> None:
+    """KL and win rates compare the policy's and the reference's log-probs of the same token
+    ids: a reference with another vocabulary (a policy trained from another base, or on other
+    data, which trains the tiny base's tokenizer) would give numbers that mean nothing."""
+    reference = load_tokenizer(reference_dir, cfg.model)
+    if reference.get_vocab() == tokenizer.get_vocab():
+        return
+    what = (
+        f"reference_path={cfg.reference_path}"
+        if cfg.reference_path
+        else f"the reference (the SFT policy of this model and dataset, {reference_dir})"
+    )
+    raise UserError(
+        f"{what} has another tokenizer than policy_path={cfg.policy_path} "
+        f"({len(reference)} against {len(tokenizer)} tokens): evaluate the policy against the "
+        "model it was trained from, with reference_path=DIR"
+    )

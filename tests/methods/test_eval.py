@@ -27,3 +27,29 @@ def test_policy_against_itself_has_zero_kl_and_even_win_rate(run_method, compose
     assert 0 <= metrics["eval/distinct_2"] <= 1 and metrics["eval/length_mean"] > 0
     assert "| prompt |" in (run_dir / "samples.md").read_text()
     assert not (run_dir / "model").exists()  # evaluation writes no model
+
+
+def test_a_reference_with_another_tokenizer_is_refused(tmp_path):
+    from rlhf_exp.config.schema import TinySpec
+    from rlhf_exp.models.tiny import build_tiny_base
+    from tests.conftest import run_cli
+
+    spec = TinySpec(n_layer=1, n_embd=32, n_head=2, vocab_size=300)
+    policy, reference = tmp_path / "policy", tmp_path / "reference"
+    build_tiny_base(spec, [f"the film number {i} was fine." for i in range(300)], policy)
+    build_tiny_base(spec, [f"a song, take {i}, ran long." for i in range(300)], reference)
+    result = run_cli(
+        "method=eval",
+        "debug=fast",
+        "eval.reward_model=false",
+        f"policy_path={policy}",
+        f"reference_path={reference}",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert line.startswith(f"error: reference_path={reference} has another tokenizer than ")
+    assert line.endswith(
+        "evaluate the policy against the model it was trained from, with reference_path=DIR"
+    )
