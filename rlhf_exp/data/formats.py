@@ -360,23 +360,40 @@ def normalize_sft(
 UNPAIRED_COLUMNS = ("prompt", "completion", "label")
 
 
+# A label as text (CSV has no booleans: every cell is read as written) or as a JSON 0/1.
+_LABEL_TEXT = {"true": True, "false": False, "1": True, "0": False}
+
+
+def parse_label(value: Any, index: int, split: str = "unpaired") -> bool:
+    """An unpaired row's label as a bool: true/false, or its text in any case, or 1/0."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _LABEL_TEXT:
+        return _LABEL_TEXT[value.strip().lower()]
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise UserError(
+        f"dataset split {split!r} row {index} column 'label' holds {value!r}; "
+        "expected true or false"
+    )
+
+
 def normalize_unpaired(
     ds: Dataset, tokenizer: Any, columns: dict[str, str], split: str = "unpaired"
 ) -> Dataset:
     """Rows with exactly prompt, completion (strings, as `normalize_sft` makes them) and label
-    (a bool: whether the completion is desirable), the unpaired feedback KTO learns from."""
+    (a bool: whether the completion is desirable), the unpaired feedback KTO learns from.
+
+    A label may be a bool, 1/0, or their text in any case ("true", "False", "1": a CSV file
+    holds nothing else); anything else is refused, naming the row."""
     ds = _prepare(ds, columns, split)
     if not set(UNPAIRED_COLUMNS) <= set(ds.column_names):
         raise _columns_error(split, ds.column_names, "prompt/completion/label (label true/false)")
 
     def row(example: dict[str, Any], index: int) -> dict[str, Any]:
-        if not isinstance(example["label"], bool):
-            raise UserError(
-                f"dataset split {split!r} row {index} column 'label' holds "
-                f"{example['label']!r}; expected true or false"
-            )
+        label = parse_label(example["label"], index, split)
         text = {k: example[k] for k in ("prompt", "completion")}
-        return {**_prompt_completion_row(text, index, tokenizer, split), "label": example["label"]}
+        return {**_prompt_completion_row(text, index, tokenizer, split), "label": label}
 
     return _normalize(ds, list(UNPAIRED_COLUMNS), row, UNPAIRED_COLUMNS, f"normalising {split}")
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas as pd
 from datasets import Dataset
 
 from rlhf_exp.artifacts import ArtifactCache
@@ -178,13 +179,17 @@ def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
             _check_utf8(path, where)
     where = f"{key}={value!r}"
     try:
+        reader = _csv_as_text(files, where) if fmt == "csv" else {}
         # The `datasets` cache for converted files lives in our cache, not in the home dir.
         ds = datasets.load_dataset(
             fmt,
             data_files=[str(p) for p in files],
             split="train",
             cache_dir=str(cache_dir / "hf_datasets"),
+            **reader,
         )
+    except UserError:
+        raise
     except Exception as err:  # the readers raise many types; the user needs one line
         if any(isinstance(e, UnicodeDecodeError) for e in _chain(err)):
             raise UserError(f"{where} is not UTF-8; re-save it as UTF-8") from None
@@ -194,6 +199,30 @@ def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
             f"{where} could not be read as {fmt}: {_one_line(err, innermost=True)}"
         ) from None
     return ds
+
+
+def _csv_as_text(files: list[Path], where: str) -> dict[str, Any]:
+    """Options of the CSV reader that keep every cell as the text written in the file.
+
+    CSV has no types, so pandas guesses them: an answer "54" would become an int, "007" the
+    int 7, and "None", "NA" or "null" a missing value. Declaring every column a string (from
+    the header; every file must have the same columns, in any order) and turning NA parsing
+    off keeps each cell as written. An empty cell is "", which the normalisers reject in a
+    target column, naming the row. Columns that are not text (a KTO label) are parsed where
+    they are read.
+    """
+    header: list[str] | None = None
+    for path in files:
+        # pandas reads the header as the builder will (quoting, BOM, .gz, duplicate names)
+        names = list(pd.read_csv(path, nrows=0).columns)
+        if header is not None and set(names) != set(header):
+            raise UserError(
+                f"{where}: file {str(path)!r} has columns [{', '.join(names)}], the first "
+                f"[{', '.join(header)}]; the files of one split need the same columns"
+            )
+        header = header or names
+    text = datasets.Features({name: datasets.Value("string") for name in header or []})
+    return {"features": text, "na_filter": False}
 
 
 def _files_sha256(files: list[Path]) -> str:

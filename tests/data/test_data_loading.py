@@ -157,6 +157,51 @@ def test_non_utf8_file_is_an_error(tmp_path, bpe_tokenizer, ext, toy_accepted):
         load_task(files_spec(preference=path), bpe_tokenizer, tmp_path)
 
 
+def test_csv_cells_are_read_as_the_text_written(tmp_path):
+    # pandas alone would read 54 as an int, 007 as 7 and None/NA/null as missing values
+    pairs = [
+        {"prompt": f"What is {i} plus 38?", "chosen": str(i + 38), "rejected": str(i + 39)}
+        for i in range(10, 14)
+    ]
+    pairs += [
+        {"prompt": "Say it:", "chosen": "None", "rejected": "NA"},
+        {"prompt": "Agent", "chosen": "007", "rejected": "null"},
+        {"prompt": "Big", "chosen": "1e3", "rejected": " 2.50 "},
+        {"prompt": "Empty prompt next", "chosen": "nan", "rejected": "N/A"},
+    ]
+    task = load_task(files_spec(preference=write(tmp_path / "p.csv", pairs)), None, tmp_path)
+    assert sorted(rows(task.pref_train) + rows(task.pref_test), key=str) == sorted(pairs, key=str)
+
+
+def test_an_empty_csv_cell_is_empty_text_refused_naming_the_row(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,chosen,rejected\nA,yes,no\nB,,no\n", "utf-8")
+    with pytest.raises(
+        UserError, match=r"^dataset split 'preference' row 1 column 'chosen' is empty$"
+    ):
+        load_task(files_spec(preference=path), None, tmp_path)
+    path.write_text("prompt,reference\nA,\nB,yes\n", "utf-8")  # "" reference: unknown
+    task = load_task(files_spec(eval_prompts=path), None, tmp_path)
+    assert rows(task.eval_prompts) == [
+        {"prompt": "A", "reference": ""},
+        {"prompt": "B", "reference": "yes"},
+    ]
+
+
+def test_csv_shards_of_a_split_need_the_same_columns(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_text("prompt,chosen,rejected\nA,1,2\n", "utf-8")
+    (tmp_path / "d" / "b.csv").write_text("rejected,prompt,chosen\nB,3,4\n", "utf-8")
+    task = load_task(files_spec(preference=tmp_path / "d"), None, tmp_path / "c")  # any order
+    assert sorted(rows(task.pref_train) + rows(task.pref_test), key=str) == [
+        {"prompt": "3", "chosen": "4", "rejected": "B"},
+        {"prompt": "A", "chosen": "1", "rejected": "2"},
+    ]
+    (tmp_path / "d" / "b.csv").write_text("prompt,chosen\nB,3\n", "utf-8")
+    with pytest.raises(UserError, match=r"b\.csv' has columns \[prompt, chosen\], the first "):
+        load_task(files_spec(preference=tmp_path / "d"), None, tmp_path / "c")
+
+
 def test_malformed_file_is_a_one_line_error(tmp_path, bpe_tokenizer):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "a", "chosen": " b"\nnot json\n')

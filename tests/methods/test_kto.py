@@ -200,6 +200,25 @@ def test_kto_lora_changes_only_adapted_weights(run_method):
     assert changed_tensors(sft, kto) == lora_targets(sft, run.model.lora_target_modules)
 
 
+def test_unpaired_csv_labels_are_read_from_their_text(tmp_path: Path):
+    from rlhf_exp.data.loading import load_raw
+
+    path = tmp_path / "feedback.csv"
+    labels = ["true", "false", "True", "FALSE", "1", "0"]
+    path.write_text(
+        "prompt,completion,label\n" + "".join(f"P{i},C,{x}\n" for i, x in enumerate(labels))
+    )
+    spec = DatasetSpec(source="files", data_files={"unpaired": str(path)})
+    rows = normalize_unpaired(load_raw(spec, tmp_path / "cache")["unpaired"], None, {})
+    assert rows["label"] == [True, False, True, False, True, False]
+    assert normalize_unpaired(
+        Dataset.from_dict({"prompt": ["a"], "completion": ["b"], "label": [0]}), None, {}
+    )["label"] == [False]
+    path.write_text("prompt,completion,label\nP,C,true\nP,C,no\n")
+    with pytest.raises(UserError, match="row 1 column 'label' holds 'no'; expected true or false"):
+        normalize_unpaired(load_raw(spec, tmp_path / "cache")["unpaired"], None, {})
+
+
 @pytest.mark.slow
 def test_unpaired_file_trains(run_method, tmp_path: Path):
     # 3 desirable and 12 undesirable completions of 6 prompts, and demonstrations for SFT
