@@ -351,13 +351,18 @@ def discard_conversions(data: DatasetSpec, cache_root: Path) -> None:
     import datasets
 
     from rlhf_exp.config.data_files import file_format, resolve_data_files
+    from rlhf_exp.data.loading import reader_options
 
     hf = Path(cache_root) / "hf_datasets"
     for split, value in data.data_files.items():
         try:
-            files = resolve_data_files(f"dataset.data_files.{split}", value)
-            builder = datasets.load_dataset_builder(
-                file_format(files[0]), data_files=[str(p) for p in files], cache_dir=str(hf)
+            key = f"dataset.data_files.{split}"
+            files = resolve_data_files(key, value)
+            builder = datasets.load_dataset_builder(  # the options name the conversion's dir
+                file_format(files[0]),
+                data_files=[str(p) for p in files],
+                cache_dir=str(hf),
+                **reader_options(files, key),
             )
         except Exception:  # the files the run was rejected for may not even parse
             log.debug("no conversion to discard for split %s", split, exc_info=True)

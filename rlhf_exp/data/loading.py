@@ -179,14 +179,13 @@ def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
             _check_utf8(path, where)
     where = f"{key}={value!r}"
     try:
-        reader = _csv_as_text(files, where) if fmt == "csv" else {}
         # The `datasets` cache for converted files lives in our cache, not in the home dir.
         ds = datasets.load_dataset(
             fmt,
             data_files=[str(p) for p in files],
             split="train",
             cache_dir=str(cache_dir / "hf_datasets"),
-            **reader,
+            **reader_options(files, where),
         )
     except UserError:
         raise
@@ -201,8 +200,10 @@ def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
     return ds
 
 
-def _csv_as_text(files: list[Path], where: str) -> dict[str, Any]:
-    """Options of the CSV reader that keep every cell as the text written in the file.
+def reader_options(files: list[Path], where: str) -> dict[str, Any]:
+    """Options of the `datasets` reader of `files`, beyond the files (the same options find
+    the same conversion in the cache): none for JSON and parquet, which carry their types;
+    for CSV, those that keep every cell as the text written in the file.
 
     CSV has no types, so pandas guesses them: an answer "54" would become an int, "007" the
     int 7, and "None", "NA" or "null" a missing value. Declaring every column a string (from
@@ -211,6 +212,8 @@ def _csv_as_text(files: list[Path], where: str) -> dict[str, Any]:
     target column, naming the row. Columns that are not text (a KTO label) are parsed where
     they are read.
     """
+    if file_format(files[0]) != "csv":
+        return {}
     header: list[str] | None = None
     for path in files:
         # pandas reads the header as the builder will (quoting, BOM, .gz, duplicate names)
@@ -318,6 +321,22 @@ def _load_hub(spec: DatasetSpec, split: str, hub_split: str) -> Dataset:
             f"split {hub_split!r}) from the hub: {_one_line(err, innermost=False)}; for a local "
             f"copy set dataset.source=files and dataset.data_files.{split}=<path>"
         ) from None
+
+
+def mapped_splits(spec: DatasetSpec) -> set[str]:
+    """The raw splits `spec` maps to files or hub splits (none for the embedded generator,
+    whose rows are sft, preference and eval_prompts)."""
+    mapping = {"files": spec.data_files, "hub": spec.hub_splits}.get(spec.source, {})
+    return set(mapping)
+
+
+def load_raw_split(spec: DatasetSpec, split: str, cache_dir: Path) -> Dataset:
+    """The raw rows of one mapped split of `spec`, without reading the others."""
+    only = {
+        key: {s: v for s, v in getattr(spec, key).items() if s == split}
+        for key in ("data_files", "hub_splits")
+    }
+    return load_raw(dataclasses.replace(spec, **only), cache_dir)[split]
 
 
 def load_raw(spec: DatasetSpec, cache_dir: Path) -> dict[str, Dataset]:

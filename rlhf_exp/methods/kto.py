@@ -43,7 +43,7 @@ from rlhf_exp.config.kto import KTOSpec
 from rlhf_exp.config.schema import RunConfig
 from rlhf_exp.context import RunContext
 from rlhf_exp.data.formats import normalize_unpaired, strip_eos
-from rlhf_exp.data.loading import load_raw, split_unpaired
+from rlhf_exp.data.loading import load_raw_split, mapped_splits, split_unpaired
 from rlhf_exp.data.tokens import require_rows
 from rlhf_exp.errors import UserError
 from rlhf_exp.evaluation import final_evaluation
@@ -150,10 +150,7 @@ def _unpaired_rows(cfg: RunConfig, ctx: RunContext, task: Any, tokenizer: Any) -
     """(train, held-out, task) from the dataset's `unpaired` split, held out by prompt and
     following the task's other splits (no KTO training prompt is an evaluation prompt)."""
     data = cfg.dataset
-    only = {"data_files": {}, "hub_splits": {}}
-    for key in only:
-        only[key] = {s: v for s, v in getattr(data, key).items() if s == "unpaired"}
-    raw = load_raw(dataclasses.replace(data, **only), ctx.cache.root)["unpaired"]
+    raw = load_raw_split(data, "unpaired", ctx.cache.root)  # checked up front (data/checks.py)
     train_rows, test_rows = split_unpaired(
         normalize_unpaired(raw, tokenizer, data.columns), task, data.test_fraction, data.seed
     )
@@ -172,7 +169,7 @@ def _unpaired_rows(cfg: RunConfig, ctx: RunContext, task: Any, tokenizer: Any) -
 def _tokenized_rows(cfg: RunConfig, ctx: RunContext, task: Any, tokenizer: Any) -> tuple:
     """(train rows, held-out rows, task): prompt_ids/completion_ids/label, each shuffled."""
     data = cfg.dataset
-    if "unpaired" in {"files": data.data_files, "hub": data.hub_splits}.get(data.source, {}):
+    if "unpaired" in mapped_splits(data):
         train, test, task = _unpaired_rows(cfg, ctx, task, tokenizer)
     elif task.pref_train is not None and task.pref_test is not None:
         knobs = "method.max_length / method.max_completion_length"

@@ -188,6 +188,16 @@ def test_an_empty_csv_cell_is_empty_text_refused_naming_the_row(tmp_path):
     ]
 
 
+def test_a_rejected_csv_conversion_is_found_and_discarded(tmp_path, toy_accepted):
+    from rlhf_exp.context import discard_conversions
+
+    spec = files_spec(preference=write(tmp_path / "p.csv", toy_accepted))
+    load_task(spec, None, tmp_path / "cache")
+    assert (tmp_path / "cache" / "hf_datasets").is_dir()
+    discard_conversions(spec, tmp_path / "cache")  # the conversion read with the same options
+    assert not (tmp_path / "cache" / "hf_datasets").exists()
+
+
 def test_csv_shards_of_a_split_need_the_same_columns(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.csv").write_text("prompt,chosen,rejected\nA,1,2\n", "utf-8")
