@@ -347,6 +347,14 @@ def _data_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         {"chosen": f"Review {i}: fine.", "rejected": f"Review {i}: fine."} for i in range(9)
     ]
     files = ["method=dpo", "dataset=files"]
+    feedback = [{"prompt": f"Review {i}:", "completion": " fine.", "label": "no"} for i in range(9)]
+    demos = [{"prompt": f"Review {i}:", "completion": " fine."} for i in range(9)]
+    kto = [
+        "method=kto",
+        "dataset=files",
+        f"+dataset.data_files.unpaired={_pairs(tmp / 'kto.jsonl', feedback)}",
+    ]
+    with_demos = [f"+dataset.data_files.sft={_pairs(tmp / 'demos.jsonl', demos)}"]
     return {
         "all ties": (
             [*files, f"+dataset.data_files.preference={_pairs(tmp / 'ties.jsonl', ties)}"],
@@ -369,6 +377,27 @@ def _data_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             "error: dataset split 'preference': all 9 rows have the same text as chosen and "
             "rejected and no prompt column",
         ),
+        "unpaired labels": (
+            [*kto, *with_demos, "eval.reward_model=false"],
+            "error: dataset split 'unpaired' row 0 column 'label' holds 'no'; expected true or "
+            "false",
+        ),
+        "unpaired only, reward model for the evaluation": (
+            kto,
+            "error: dataset 'files' has no preference pairs to train the reward model that "
+            "method=kto scores its evaluation with (eval.reward_model=true); set "
+            "eval.reward_model=false, give it a preference split "
+            "(+dataset.data_files.preference=<file>), or a trained reward model "
+            "(upstream.reward.path=<dir>)",
+        ),
+        "unpaired only, no sft rows": (
+            [*kto, "eval.reward_model=false"],
+            "error: dataset 'files' has no sft rows (nor preference pairs) to train the SFT "
+            "policy that method=kto stands on; give it an sft split "
+            "(+dataset.data_files.sft=<file>) or a preference split "
+            "(+dataset.data_files.preference=<file>), or a trained SFT policy "
+            "(upstream.sft.path=<dir>)",
+        ),
         "a gold margin no pair reaches": (
             ["method=dpo", "dataset.min_gold_margin=1.99", "dataset.n_pairs=200"],
             "error: dataset.min_gold_margin=1.99 is invalid: 0 of 1104 candidate pairs have "
@@ -378,7 +407,8 @@ def _data_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 
 DATA_CASES = ["all ties", "cutting leaves only ties", "one text, no prompt column"]
-DATA_CASES += ["a gold margin no pair reaches"]
+DATA_CASES += ["a gold margin no pair reaches", "unpaired labels"]
+DATA_CASES += ["unpaired only, reward model for the evaluation", "unpaired only, no sft rows"]
 
 
 @pytest.mark.parametrize("case", DATA_CASES)
@@ -393,6 +423,6 @@ def test_data_that_cannot_train_is_refused_before_any_stage_trains(
     assert sum(ln.startswith("error:") for ln in lines) == 1
     assert not any("Traceback" in ln for ln in lines)
     cache = tmp_path / "outputs" / "cache"
-    assert not any((cache / stage).exists() for stage in ("sft", "reward", "dpo")), [
+    assert not any((cache / stage).exists() for stage in ("sft", "reward", "dpo", "kto")), [
         p.name for p in cache.iterdir()
     ]

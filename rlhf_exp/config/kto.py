@@ -21,8 +21,9 @@ from rlhf_exp.errors import ConfigError
 class KTOSpec(TrainSpec):
     KL_KNOB: ClassVar[str | None] = "beta"  # the x-axis of a reward/KL frontier
     TRL_CONFIG: ClassVar[str | None] = "trl:KTOConfig"  # what method.trainer_kwargs feed
-    # TRAINS_ON_PAIRS stays False: KTO reads an unpaired split when the data has one, so it
-    # checks its own rows (methods/kto.py); its reward-model stage is checked up front.
+    # TRAINS_ON_PAIRS stays False: KTO reads an unpaired split when the data has one, whose
+    # rows are checked up front instead; pairs turned into rows are checked by the method.
+    TRAINS_ON_UNPAIRED: ClassVar[bool] = True
 
     name: str = "kto"
     learning_rate: float = _f(1e-4, gt=0, le=1)

@@ -222,6 +222,12 @@ class TrainSpec:
     # Trains on preference pairs (pref_train, pref_test): before any stage of a run trains,
     # its pairs must survive tokenising and cutting to this method's budget (data/checks.py).
     TRAINS_ON_PAIRS: ClassVar[bool] = False
+    # Trains on SFT rows (sft, else the pairs' prompt + chosen): a dataset with neither is
+    # refused before any stage trains (data/checks.py).
+    TRAINS_ON_SFT_ROWS: ClassVar[bool] = False
+    # Trains on the dataset's `unpaired` split when it has one: its rows are normalised (and
+    # their labels checked) before any stage trains (data/checks.py).
+    TRAINS_ON_UNPAIRED: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.max_completion_length >= self.max_length:
@@ -235,6 +241,7 @@ class TrainSpec:
 @dataclass
 class SFTSpec(TrainSpec):
     TRL_CONFIG: ClassVar[str | None] = "trl:SFTConfig"
+    TRAINS_ON_SFT_ROWS: ClassVar[bool] = True
 
     name: str = "sft"
     learning_rate: float = _f(1e-3, gt=0, le=1)

@@ -51,7 +51,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
         disable_dropout_in_model(model)
     task = ctx.task(tokenizer)
     if task.sft_train is None or len(task.sft_train) == 0:
-        raise UserError(f"dataset {cfg.dataset.name!r} has no sft rows to fine-tune on")
+        # data/checks.py refuses this before any stage trains when no split gives sft rows
+        raise UserError(
+            f"dataset {cfg.dataset.name!r} has no sft rows to fine-tune on; give it an sft "
+            "split (dataset.data_files.sft) or preference pairs (dataset.data_files.preference)"
+        )
     if task.sft_eval is None or len(task.sft_eval) == 0:
         raise UserError(
             f"dataset {cfg.dataset.name!r} has no held-out sft rows (give an sft_eval split, "
