@@ -168,6 +168,7 @@ class _Attempt:
 
     run: RunConfig | None = None  # validated
     finished: bool = False  # metrics.json holds this run's results
+    claimed: bool = False  # the run dir is this run's (claim_run_dir passed)
     marker: Path | None = None  # RUNNING_MARKER written by this process
     held: ExitStack = dataclasses.field(default_factory=ExitStack)  # the run dir's lock
 
@@ -195,6 +196,7 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
                 run = dataclasses.replace(run, resume_from="latest")
         if is_main_process():
             claim_run_dir(run_dir, config_text, run.overwrite, data_text)
+        attempt.claimed = True
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_main_process():
             atomic_write_text(run_dir / "config.yaml", config_text)
@@ -221,11 +223,7 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         if (stop := signals.masked_stop(err)) is not None:  # cleanup failed while stopping
             raise stop from err
         line = f"error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        # RunDirInUse: that dir's metrics.json is another run's; ObjectiveMissing: it holds
-        # this run's results and the error already. DataChanged in a sweep: the job's result
-        # there is of data that is gone, and the report must not show it as this sweep's.
-        stale = multirun and isinstance(err, DataChanged)
-        if stale or not isinstance(err, (RunDirInUse, ObjectiveMissing)):
+        if _records_failure(cfg, attempt, err, multirun):
             _record_failure(cfg, line.splitlines()[0] if line.strip() else type(err).__name__)
         if multirun:
             log.error("%s", line, exc_info=not isinstance(err, UserError))
@@ -236,6 +234,20 @@ def _main(cfg: DictConfig, attempt: _Attempt) -> float | None:
         raise
     log.info("\n%s", summary_table(f"{run.method.name} finished: {run_dir}", metrics))
     return metrics.get("objective")
+
+
+def _records_failure(cfg: DictConfig, attempt: _Attempt, err: Exception, multirun: bool) -> bool:
+    """Whether a failed run writes its failure into its run dir's metrics.json."""
+    if isinstance(err, DataChanged):  # in a sweep, the job's result there is of data now gone:
+        return multirun  # the report must not show it as this sweep's
+    if isinstance(err, (RunDirInUse, ObjectiveMissing)):  # another run's dir; or it holds
+        return False  # this run's results and the error already
+    # A run refused before it claimed its dir (a bad value, a mistyped resume command) leaves
+    # the run there, finished or interrupted, as it was.
+    try:
+        return attempt.claimed or not _run_files(Path(cfg.paths.output_dir))
+    except Exception:  # no run dir to speak of
+        return False
 
 
 def _previous_attempt(run_dir: Path, config_text: str, data_text: str) -> str | None:
@@ -347,25 +359,24 @@ def claim_run_dir(
     would mix with this run's. `overwrite=true` empties it first. The same config
     (resume_from aside) on the same data is this run's own dir: a resume, or a rerun that
     replaces its files."""
-    if not run_dir.is_dir():
-        return
-    found = [
-        p for p in run_dir.iterdir() if p.name not in _HYDRA_FILES and not p.name.endswith(".log")
-    ]
+    found = _run_files(run_dir)
     if not found:
         return
     config = run_dir / "config.yaml"
-    same_config = config.is_file() and _same_run(config.read_text(), config_text)
+    if not config.is_file():  # not a run's dir: never emptied, whatever overwrite says
+        raise RunDirInUse(
+            f"run dir {run_dir} holds files of something else (no config.yaml); choose another "
+            "hydra.run.dir"
+        )
+    same_config = _same_run(config.read_text(), config_text)
     changed = _changed_data(run_dir, data_text) if same_config and data_text else []
     if same_config and not changed:
         return
     if not overwrite:
         if changed:
             what = f"this config's run on other data ({', '.join(changed)} changed since)"
-        elif config.is_file():
-            what = "a run with another config"
         else:
-            what = "files of something else"
+            what = "a run with another config"
         error = DataChanged if changed else RunDirInUse
         raise error(
             f"run dir {run_dir} holds {what}; choose another hydra.run.dir, or pass "
@@ -377,6 +388,15 @@ def claim_run_dir(
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    """What `run_dir` holds beyond Hydra's own files, the lock and log files: a run's files."""
+    if not run_dir.is_dir():
+        return []
+    return [
+        p for p in run_dir.iterdir() if p.name not in _HYDRA_FILES and not p.name.endswith(".log")
+    ]
 
 
 def _stopped(cfg: DictConfig, attempt: _Attempt, stop: BaseException, guard: Any) -> NoReturn:

@@ -288,6 +288,36 @@ def test_cli_refuses_another_runs_dir_and_leaves_its_files(tmp_path: Path):
     assert (run_dir / "metrics.json").read_text() == '{"method": "dpo"}\n'
 
 
+def test_a_run_refused_before_it_claims_a_dir_leaves_the_run_there_as_it_was(tmp_path: Path):
+    run_dir = tmp_path / "finished"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 1\nmethod:\n  name: dpo\n")
+    (run_dir / "metrics.json").write_text('{"method": "dpo", "objective": 0.5}\n')
+    # a bad value, as in a mistyped resume command
+    result = run_cli("method=dpo", "method.beta=-1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == "error: method.beta=-1.0 is invalid: must be > 0"
+    assert (run_dir / "metrics.json").read_text() == '{"method": "dpo", "objective": 0.5}\n'
+    fresh = tmp_path / "fresh"  # a dir of its own: the failure is recorded there
+    result = run_cli("method=dpo", "method.beta=-1", f"hydra.run.dir={fresh}")
+    assert json.loads((fresh / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_overwrite_never_empties_a_dir_that_is_not_a_runs(tmp_path: Path):
+    mine = tmp_path / "project"
+    (mine / "src").mkdir(parents=True)
+    (mine / "src" / "main.py").write_text("print('mine')\n")
+    (mine / "notes.txt").write_text("keep\n")
+    result = run_cli("method=sft", "debug=fast", f"hydra.run.dir={mine}", "overwrite=true")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"error: run dir {mine} holds files of something else (no config.yaml); choose another "
+        "hydra.run.dir"
+    )
+    assert (mine / "src" / "main.py").read_text() == "print('mine')\n"
+    assert (mine / "notes.txt").read_text() == "keep\n"
+
+
 def test_a_run_dir_is_held_by_one_run_at_a_time(tmp_path: Path):
     run_dir = tmp_path / "run"
     held = hold_run_dir(run_dir)
