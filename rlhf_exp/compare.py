@@ -29,6 +29,7 @@ import math
 import os
 import socket
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -709,10 +710,20 @@ class ComparisonReport(Callback):
     """Hydra callback: at the end of a multirun, write the report into the sweep dir."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        report = build_report(Path(config.hydra.sweep.dir))
+        """Also ends the process with exit code 1 when a job failed: the sweep went on past it
+        (the other jobs ran, the report lists it), but a script or CI must see it."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        report = build_report(sweep_dir)
         table = mean_table(report.read_text())
         print(f"\n{table}\n" if table else "", flush=True)
         log.info("comparison report: %s", report)
+        jobs = load_jobs(sweep_dir)
+        failed = [job for job in jobs if job.status == "failed"]
+        if failed:
+            lines = [f"{len(failed)} of {len(jobs)} jobs failed (see {report}):"]
+            lines += [f"  {job.name}: {job.error}" for job in failed]
+            print("\n".join(lines), file=sys.stderr, flush=True)
+            sys.exit(1)
 
 
 def mean_table(report_text: str) -> str:

@@ -87,8 +87,14 @@ def test_failing_sweep_job_is_recorded_and_the_others_finish(tmp_path: Path):
         "method.learning_rate=-1,0.001",
         f"paths.root_dir={tmp_path}",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    # the sweep goes on past the failed job, and its exit code says one failed
+    assert result.returncode == 1, result.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    assert result.stderr.strip().splitlines()[-2:] == [
+        f"1 of 2 jobs failed (see {sweep / 'comparison.md'}):",
+        "  method.learning_rate=-1,method.max_steps=3,method=sft: error: "
+        "method.learning_rate=-1.0 is invalid: must be > 0",
+    ]
     bad = json.loads(
         (
             sweep / "method.learning_rate=-1,method.max_steps=3,method=sft" / "metrics.json"

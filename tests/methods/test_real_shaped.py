@@ -218,7 +218,7 @@ def test_a_sweep_rerun_on_edited_data_keeps_no_stale_result(tmp_path, shared_cac
     assert "finished before with this config; skipped" in again.stderr + again.stdout
     dialogue_file(data, n=120, seed=2)  # edited in place
     edited = run_cli(*common)
-    assert edited.returncode == 0, edited.stderr[-2000:]  # a sweep goes on past a failed job
+    assert edited.returncode == 1, edited.stderr[-2000:]  # the job failed, and says why
     assert "skipped" not in edited.stderr + edited.stdout
     metrics = json.loads((job / "metrics.json").read_text())
     line = "(dataset.data_files.preference changed since)"
