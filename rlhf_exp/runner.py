@@ -79,6 +79,7 @@ def execute(run: RunConfig, run_dir: Path, cache: ArtifactCache) -> dict[str, An
             "method": run.method.name,
             **trained,
             "model/precision": run.model.precision,  # what `auto` became on this machine
+            "model/dtype": run.model.dtype,  # of the weights
             "run/processes": world_size(),
             "run/distributed": ran,
             "run/threads": torch.get_num_threads(),  # per process

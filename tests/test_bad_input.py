@@ -34,6 +34,12 @@ CASES = [
         "constant, constant_with_warmup",
     ),
     (["lora=default", "lora.dropout=2"], "lora.dropout=2.0 is invalid: must be < 1"),
+    (
+        ["model.dtype=float16"],
+        "model.dtype='float16' is invalid: fp16 weights cannot be trained directly: use float32 "
+        "(model.precision=bf16 or auto for speed), bfloat16, or LoRA on the fp16 base "
+        "(lora=default)",
+    ),
     (["lora=default", "lora.r=0"], "lora.r=0 is invalid: must be >= 1"),
     (
         ["lora=default", "model.lora_target_modules=[]"],

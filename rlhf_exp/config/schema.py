@@ -620,6 +620,15 @@ def _check_model_knobs(run: RunConfig) -> None:
         raise ConfigError(
             "model.revision", model.revision, "only a hub model has revisions (model=tiny has none)"
         )
+    # fp16 weights trained themselves: no loss scaling and no fp32 master copy, so updates
+    # underflow and the run diverges (eval/loss 21.9 against 7.1 in fp32, tiny SFT, 2 steps)
+    if model.dtype == "float16" and isinstance(run.method, TrainSpec) and not run.lora.enabled:
+        raise ConfigError(
+            "model.dtype",
+            model.dtype,
+            "fp16 weights cannot be trained directly: use float32 (model.precision=bf16 or auto "
+            "for speed), bfloat16, or LoRA on the fp16 base (lora=default)",
+        )
 
 
 def check_machine(run: RunConfig) -> None:
