@@ -134,6 +134,9 @@ class RunContext:
         log.info("data %s: %s", split, line)
         self.tracker.log_text(f"data/{split}", line)
         ties = int(result.stats.get("dropped_ties", 0))
+        labels = self.data_report.get("labels")
+        if split == "pref_train" and labels and labels["used"]:  # a tie teaches nothing
+            labels["used"] = labels["budget"] - ties
         if ties:
             log.warning(
                 "data %s: dropped %d of %d pairs whose chosen and rejected are the same tokens "

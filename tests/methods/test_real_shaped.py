@@ -55,6 +55,7 @@ def test_reward_model_on_long_dialogues(run_method, tmp_path):
     assert (
         metrics["train/pairs"]
         == metrics["data/pref_train/rows"] - metrics["data/pref_train/dropped_ties"]
+        == metrics["data/labels/used"]  # a tie is no label learned from
     )
     assert metrics["data/pref_train/prompt_truncated_fraction"] > 0.1  # the dialogues were cut...
     assert metrics["data/pref_train/prompt_tokens_max"] > 192
