@@ -146,11 +146,23 @@ def is_complete(entry: Path) -> bool:
     return check(entry) is None
 
 
+def _file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (mkstemp's is 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()  # read once, at import: os.umask is process-wide
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see the old file or the new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if hasattr(os, "fchmod"):  # readable as any file the user writes (a team's results)
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

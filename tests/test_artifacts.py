@@ -244,3 +244,13 @@ def test_torch_write_failure_on_a_full_disk_is_no_space(tmp_path: Path, monkeypa
     # with space left, the same message has another cause: kept as it is
     with pytest.raises(RuntimeError, match="unexpected pos"), reporting_disk_full(tmp_path):
         raise torch_error
+
+
+def test_atomic_writes_get_the_mode_of_any_file_the_user_writes(tmp_path: Path):
+    from rlhf_exp.artifacts import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    mode = (tmp_path / "metrics.json").stat().st_mode & 0o777
+    assert mode == plain.stat().st_mode & 0o777 != 0o600
