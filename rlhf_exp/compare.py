@@ -6,8 +6,8 @@ Reads files only (each job's `.hydra/overrides.yaml`, `metrics.json`, `config.ya
 `RUNNING` marker, `run.log` and TensorBoard events), never models, so it also reports on a
 sweep that partly failed, was interrupted, or is still running. A job is
 - finished: `metrics.json` without a `status`;
-- failed: `status: failed`, or no `metrics.json` and no marker (listed with the last error
-  line of its log);
+- failed: `status: failed`, a `metrics.json` that is not readable JSON (cut short), or no
+  `metrics.json` and no marker (listed with the last error line of its log);
 - interrupted: `status: interrupted` (a signal stopped it; it resumes when the sweep is run
   again), or a `RUNNING` marker whose process is gone (killed);
 - running: a `RUNNING` marker of a live process (or of another host, which cannot be checked).
@@ -191,6 +191,18 @@ def _config_info(job_dir: Path) -> dict[str, str]:
     return {}
 
 
+def _read_metrics(path: Path) -> tuple[dict[str, Any], str | None]:
+    """(metrics, None) from a job's `metrics.json`, or ({}, why) when it cannot be read as a
+    JSON object (a truncated file, a disk error): the report lists that job as failed."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        return {}, str(err)
+    if not isinstance(metrics, dict):
+        return {}, f"a JSON {type(metrics).__name__}, not an object"
+    return metrics, None
+
+
 def load_jobs(sweep_dir: Path) -> list[Job]:
     """Every job dir of the sweep (a dir with `.hydra/overrides.yaml`), finished or not."""
     jobs = []
@@ -204,9 +216,11 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         if alive:  # a metrics.json there is an earlier attempt's
             job.status, job.detail = "running", where
         elif metrics_file.is_file():
-            job.metrics = json.loads(metrics_file.read_text())
+            job.metrics, unreadable = _read_metrics(metrics_file)
             job.status = str(job.metrics.get("status", "finished"))
-            if job.status == "failed":
+            if unreadable:  # cut short or edited by hand: no result to show
+                job.status, job.error = "failed", f"unreadable metrics.json ({unreadable})"
+            elif job.status == "failed":
                 job.error = str(job.metrics.get("error", "failed"))
             elif job.status == "interrupted":
                 job.detail = _interruption(job.metrics)

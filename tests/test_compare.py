@@ -175,6 +175,22 @@ def test_reward_model_runs_show_accuracy_next_to_the_lexical_baseline(tmp_path: 
     assert not (sweep / "frontier.png").exists()  # no policy was evaluated: nothing to plot
 
 
+def test_unreadable_metrics_json_is_a_failed_job_and_the_report_is_still_built(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, ["method=dpo", "seed=0"], metrics("dpo", 1.0, 0.3))
+    cut = make_job(sweep, ["method=dpo", "seed=1"], metrics("dpo", 1.0, 0.4))
+    (cut / "metrics.json").write_text('{"method": "dpo", "eval/kl": 1.')  # cut short
+    listed = make_job(sweep, ["method=dpo", "seed=2"], metrics("dpo", 1.0, 0.5))
+    (listed / "metrics.json").write_text("[]")
+    report = build_report(sweep).read_text()
+    assert "3 runs, 2 failed" in report
+    rows = {line.split(" | ")[0]: line for line in report.splitlines() if "| seed=" in line}
+    cut_short = "**failed**: unreadable metrics.json (Expecting ',' delimiter: line 1 column"
+    assert cut_short in rows["| seed=1"]
+    assert "**failed**: unreadable metrics.json (a JSON list, not an object)" in rows["| seed=2"]
+    assert "| dpo | - | 1 | 0.3 ± 0 |" in report  # the readable job alone is aggregated
+
+
 def test_cli_rebuilds_report_and_rejects_empty_dir(tmp_path: Path):
     sweep = tmp_path / "sweep"
     make_job(sweep, ["method=dpo", "seed=0"], metrics("dpo", 1.0, 0.1))
