@@ -710,13 +710,53 @@ def build_report(sweep_dir: Path, interrupted: str | None = None) -> Path:
     return report
 
 
+# What `rlhf-compare` takes, as its errors say it.
+SWEEP_DIR = (
+    "a sweep dir (outputs/multiruns/DATE/TIME, with Hydra's multirun.yaml and a dir per job)"
+)
+
+
+def _hydra_mode(job_dir: Path) -> str | None:
+    """`hydra.mode` a job ran in (RUN, MULTIRUN) from its `.hydra/hydra.yaml`; None unknown."""
+    try:
+        config = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())
+        return str(config["hydra"]["mode"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def check_sweep_dir(path: Path) -> None:
+    """Refuse (`UserError`, one line) what is not a sweep dir, before anything is written
+    there: a path that does not exist, or a dir of single runs (`outputs/runs/DATE`), whose
+    report would call them a sweep and tell how to continue one. A sweep dir holds
+    `multirun.yaml` (Hydra's basic sweeper writes it as the sweep starts), or, from sweepers
+    that write none (Optuna), job dirs whose `.hydra/hydra.yaml` says `mode: MULTIRUN`."""
+    from rlhf_exp.config.model_files import kind
+    from rlhf_exp.errors import UserError
+
+    if not path.is_dir():
+        raise UserError(f"{path} {kind(path)}; expected {SWEEP_DIR}")
+    if (path / "multirun.yaml").is_file():
+        return
+    jobs = [p.parent.parent for p in sorted(path.glob("*/.hydra/overrides.yaml"))]
+    if any(_hydra_mode(job) == "MULTIRUN" for job in jobs):
+        return
+    names = ", ".join(job.name for job in jobs[:2]) + (", ..." if len(jobs) > 2 else "")
+    found = f"its runs ({names}) were not run with -m" if jobs else "no job dirs"
+    raise UserError(f"{path} is not a sweep dir: no multirun.yaml, {found}; expected {SWEEP_DIR}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`rlhf-compare SWEEP_DIR`: (re)build the report; bad input is one line, exit code 2."""
+    from rlhf_exp.errors import UserError
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir (outputs/multiruns/DATE/TIME)")
     args = parser.parse_args(argv)
     try:
+        check_sweep_dir(args.sweep_dir)
         print(build_report(args.sweep_dir))
-    except FileNotFoundError as err:
+    except (UserError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
 
 

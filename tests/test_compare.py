@@ -18,6 +18,7 @@ def make_job(sweep: Path, overrides: list[str], metrics: dict | None, log: str =
     job = sweep / ",".join(overrides)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")  # as Hydra's sweeper
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
         writer = SummaryWriter(str(job / "tensorboard"))
@@ -191,18 +192,54 @@ def test_unreadable_metrics_json_is_a_failed_job_and_the_report_is_still_built(t
     assert "| dpo | - | 1 | 0.3 ± 0 |" in report  # the readable job alone is aggregated
 
 
-def test_cli_rebuilds_report_and_rejects_empty_dir(tmp_path: Path):
+def compare_cli(path: Path) -> subprocess.CompletedProcess:
+    """`rlhf-compare PATH` (python -m rlhf_exp.compare) in a process of its own."""
+    command = [sys.executable, "-m", "rlhf_exp.compare", str(path)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+SWEEP_DIR = (
+    "expected a sweep dir (outputs/multiruns/DATE/TIME, with Hydra's multirun.yaml and a dir "
+    "per job)"
+)
+
+
+def test_cli_rebuilds_report_and_rejects_what_is_not_a_sweep(tmp_path: Path):
     sweep = tmp_path / "sweep"
     make_job(sweep, ["method=dpo", "seed=0"], metrics("dpo", 1.0, 0.1))
-    ok = subprocess.run(
-        [sys.executable, "-m", "rlhf_exp.compare", str(sweep)], capture_output=True, text=True
-    )
+    ok = compare_cli(sweep)
     assert ok.returncode == 0 and (sweep / "comparison.md").is_file()
-    bad = subprocess.run(
-        [sys.executable, "-m", "rlhf_exp.compare", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-    )
+
+    # a dir of single runs (outputs/runs/DATE): Hydra's .hydra/hydra.yaml says mode RUN
+    runs = tmp_path / "runs"
+    for name in ("10-00-00-000001_dpo", "10-05-00-000001_sft"):
+        (runs / name / ".hydra").mkdir(parents=True)
+        (runs / name / ".hydra" / "overrides.yaml").write_text(f"- method={name[-3:]}\n")
+        (runs / name / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+        status = {"method": name[-3:], "status": "interrupted", "phase": "training", "step": 4}
+        (runs / name / "metrics.json").write_text(json.dumps(status))
+    (tmp_path / "file").write_text("")
+    cases = [
+        (tmp_path / "none", "does not exist;"),
+        (tmp_path / "file", "is a file;"),
+        (
+            runs,
+            "is not a sweep dir: no multirun.yaml, its runs (10-00-00-000001_dpo, "
+            "10-05-00-000001_sft) were not run with -m;",
+        ),
+        (tmp_path, "is not a sweep dir: no multirun.yaml, no job dirs;"),
+    ]
+    for path, what in cases:
+        bad = compare_cli(path)
+        assert bad.returncode == 2 and bad.stderr == f"error: {path} {what} {SWEEP_DIR}\n"
+    assert sorted(p.name for p in runs.iterdir()) == ["10-00-00-000001_dpo", "10-05-00-000001_sft"]
+    # a sweep dir holds job dirs before any report; one without jobs yet has none to report
+    (runs / "10-00-00-000001_dpo" / ".hydra" / "hydra.yaml").write_text("hydra: {mode: MULTIRUN}")
+    assert compare_cli(runs).returncode == 0  # Optuna's sweeper writes no multirun.yaml
+    empty = tmp_path / "started"
+    empty.mkdir()
+    (empty / "multirun.yaml").write_text("hydra: {mode: MULTIRUN}\n")
+    bad = compare_cli(empty)
     assert bad.returncode == 2 and bad.stderr.startswith("error: no Hydra job dirs")
 
 

@@ -56,6 +56,7 @@ def _job(sweep: Path, name: str, overrides: list[str], metrics: dict) -> None:
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")  # as Hydra's sweeper
     (job / "metrics.json").write_text(json.dumps(metrics))
 
 
