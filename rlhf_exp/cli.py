@@ -19,12 +19,21 @@ from omegaconf import DictConfig
 from rlhf_exp import signals
 from rlhf_exp.config.location import conf_dir
 from rlhf_exp.config.overrides import run_reporting_bad_overrides
+from rlhf_exp.config.schema import check_run_mode
+from rlhf_exp.errors import UserError
 from rlhf_exp.runner import main as run_main
 
 
 # An absolute config_path: Hydra then reads that dir, wherever the package is installed.
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:  # a sweep preset without -m: one line, before a run dir is claimed
+        check_run_mode(HydraConfig.get())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     return run_main(cfg)
 
 

@@ -158,6 +158,11 @@ CASES = [
     ),
     # Hydra: TypeError
     (["lora=[1,2]"], "lora=[1, 2] is invalid: choose one of default, none, qlora"),
+    (  # without -m Hydra would run one job of the preset's defaults (method=reward)
+        ["experiment=ppo_vs_dpo_quick"],
+        "experiment=ppo_vs_dpo_quick is a sweep (hydra.sweeper.params: arm, seed): add -m to "
+        "run it, or set arm and seed to run one of its jobs",
+    ),
 ]
 
 

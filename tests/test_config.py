@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,63 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
         assert run.lora.enabled is (option != "none")
     if group == "debug":
         assert run.method.max_steps > 0 and run.upstream.sft.overrides["max_steps"] > 0
+
+
+# Presets that define a sweep (hydra.sweeper.params): each needs -m; the others are one run.
+SWEEP_PRESETS = {
+    "experiment": {
+        "frontier": "arm, seed",
+        "frontier_quick": "arm, seed",
+        "methods": "arm, seed",
+        "methods_quick": "arm, seed",
+        "overoptimization": "dataset.n_labels, arm",
+        "overoptimization_quick": "dataset.n_labels, arm",
+        "overoptimization_small": "dataset.n_labels, arm",
+        "ppo_vs_dpo": "arm, seed",
+        "ppo_vs_dpo_quick": "arm, seed",
+    },
+    "hparams_search": {
+        "dpo_optuna": "method.beta, method.learning_rate",
+        "ppo_optuna": "method.kl_coef, method.learning_rate, method.cliprange",
+    },
+}
+PRESETS = [(g, p.stem) for g in SWEEP_PRESETS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def _hydra_config(tmp_path: Path, *overrides: str, mode: str) -> Any:
+    """The `hydra` node of `python run.py [-m] OVERRIDES`, as `HydraConfig.get()` gives it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [f"paths.root_dir={tmp_path}", *overrides], True)
+    cfg.hydra.mode = RunMode[mode]  # what Hydra sets from -m (compose leaves it unset)
+    return cfg.hydra
+
+
+@pytest.mark.parametrize(("group", "option"), PRESETS)
+def test_a_sweep_preset_without_m_is_refused_and_one_run_presets_run(tmp_path, group, option):
+    from rlhf_exp.config.schema import check_run_mode
+    from rlhf_exp.errors import UserError
+
+    preset = f"{group}={option}"
+    check_run_mode(_hydra_config(tmp_path, preset, mode="MULTIRUN"))  # -m: the sweep runs
+    params = SWEEP_PRESETS[group].get(option)
+    run = _hydra_config(tmp_path, preset, mode="RUN")
+    if params is None:  # dpo_lora, reward_lora: one run
+        check_run_mode(run)
+        return
+    with pytest.raises(UserError) as err:
+        check_run_mode(run)
+    keys = params.split(", ")
+    swept = " and ".join(params.rsplit(", ", 1))  # arm and seed; a, b and c
+    assert str(err.value) == (
+        f"{preset} is a sweep (hydra.sweeper.params: {params}): add -m to run it, or set "
+        f"{swept} to run one of its jobs"
+    )
+    # every swept key set on the command line: one job of the sweep, run as such
+    one_job = [f"{k}={'ppo_kl_0.01' if k == 'arm' else 1}" for k in keys]
+    check_run_mode(_hydra_config(tmp_path, preset, *one_job, mode="RUN"))
 
 
 def test_defaults(compose_cfg):

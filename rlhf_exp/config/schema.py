@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from rlhf_exp.config.data_files import resolve_data_files
 from rlhf_exp.config.model_files import kind, pickled_weights, unsafe_pickles
-from rlhf_exp.errors import ConfigError
+from rlhf_exp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -762,6 +762,31 @@ def check_paths(run: RunConfig) -> None:
     for key in ("log_dir", "cache_dir"):  # output_dir: Hydra has made it by now
         _check_dir_to_write(f"paths.{key}", getattr(run.paths, key))
     check_machine(run)
+
+
+def check_run_mode(hydra: Any) -> None:
+    """A config that defines a sweep (`hydra.sweeper.params`, e.g. `experiment=ppo_vs_dpo`)
+    run without `-m` is refused (`UserError`): Hydra would run a single job of the preset's
+    defaults and ignore the sweep. Setting every swept key on the command line names one of its
+    jobs, which runs. `hydra`: the run's Hydra config (`HydraConfig.get()`)."""
+    from hydra.types import RunMode
+
+    params = list(hydra.sweeper.get("params") or {})
+    if hydra.mode != RunMode.RUN or not params:
+        return
+    given = {item.split("=", 1)[0].lstrip("+~") for item in hydra.overrides.task}
+    unset = [key for key in params if key not in given]
+    if not unset:
+        return
+    choices = hydra.runtime.choices
+    source = next(
+        (f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices.get(g)),
+        "this config",
+    )
+    raise UserError(
+        f"{source} is a sweep (hydra.sweeper.params: {', '.join(params)}): add -m to run it, "
+        f"or set {' and '.join(', '.join(unset).rsplit(', ', 1))} to run one of its jobs"
+    )
 
 
 def _require_dir(key: str, value: str, valid: str, marker: str | None = None) -> None:
