@@ -17,6 +17,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from rlhf_exp import signals
+from rlhf_exp.config import model_files
 from rlhf_exp.distributed import any_process, world_size
 from rlhf_exp.errors import ConfigError, Interrupted, NonFiniteError, UserError
 from rlhf_exp.generation import one_draw_per_row_by_race
@@ -230,7 +231,7 @@ def eval_batch_size(rows: Any, spec: TrainSpec, sequences_per_row: int) -> int:
 
 # Written into a trainer checkpoint dir once transformers has finished saving it: a
 # checkpoint without it was cut short (SIGKILL mid-save) and is never resumed from.
-CHECKPOINT_COMPLETE = "COMPLETE"
+CHECKPOINT_COMPLETE = model_files.CHECKPOINT_COMPLETE
 
 
 class TrainingGuard(TrainerCallback):
@@ -310,7 +311,7 @@ def resume_checkpoint(ctx: RunContext) -> Path | None:
                 ctx.checkpoint_dir,
             )
         return path
-    path = Path(choice)
+    path = Path(choice).expanduser()  # as `schema.check_paths` read it
     if not (path / CHECKPOINT_COMPLETE).is_file():
         raise UserError(f"resume_from={choice!r}: no complete checkpoint at {choice}")
     return path

@@ -210,6 +210,7 @@ def made(tmp_path: Path) -> dict[str, str]:
     checkpoint = tmp_path / "checkpoint-10"
     checkpoint.mkdir()
     torch.save({"state": {}, "hook": print}, checkpoint / "optimizer.pt")
+    (checkpoint / "COMPLETE").write_text("10\n")  # saved whole: its pickles are what is refused
     out["evil_checkpoint"] = str(checkpoint)
     return out
 

@@ -167,3 +167,56 @@ def test_resume_latest_without_checkpoint_starts_from_scratch(tmp_path: Path, ca
 def test_resume_from_a_path_that_is_no_checkpoint_is_an_error(tmp_path: Path):
     with pytest.raises(UserError, match="no complete checkpoint at"):
         resume_checkpoint(_ctx(tmp_path, str(tmp_path)))
+
+
+def _checkpoint(run_dir: Path, name: str, method: str | None) -> Path:
+    """A complete checkpoint dir `<run_dir>/checkpoints/<name>`; the run dir's config.yaml
+    names `method` (None: no config.yaml, as in a checkpoint copied out of its run)."""
+    path = run_dir / "checkpoints" / name
+    path.mkdir(parents=True)
+    (path / CHECKPOINT_COMPLETE).write_text("40\n")
+    if method is not None:
+        (run_dir / "config.yaml").write_text(f"seed: 0\nmethod:\n  name: {method}\n  beta: 0.1\n")
+    return path
+
+
+def test_resume_from_is_refused_before_anything_loads_unless_a_checkpoint_of_this_method(
+    tmp_path: Path, capsys
+):
+    """`resume_from=DIR` at config validation (runner.main, as run.py calls it): a dir that is
+    no complete checkpoint, or a checkpoint another method wrote, is one line and exit 2 (it
+    used to load the data for ~34 s first, or to resume SFT from DPO weights)."""
+    from tests.test_bad_input import _run_main
+
+    dpo = _checkpoint(tmp_path / "dpo_run", "checkpoint-40", "dpo")
+    ppo = _checkpoint(tmp_path / "ppo_run", "step-8", "ppo")
+    cut_short = tmp_path / "sft_run" / "checkpoints" / "checkpoint-8"
+    cut_short.mkdir(parents=True)
+    no_marker = (
+        "has no COMPLETE marker (not a checkpoint, or one cut short while saving); expected "
+        "'latest' or a complete checkpoint dir (<run dir>/checkpoints/checkpoint-N or step-N)"
+    )
+    cases = [
+        (["method=sft", f"resume_from={dpo}"], dpo, "a checkpoint of method=dpo; this run is "
+         "method=sft"),
+        (["method=dpo", f"resume_from={ppo}"], ppo, "a checkpoint of method=ppo; this run is "
+         "method=dpo"),
+        (["method=sft", f"resume_from={cut_short}"], cut_short, no_marker),
+        (["method=dpo", f"resume_from={dpo.parent}"], dpo.parent, no_marker),
+    ]  # fmt: skip
+    for args, path, why in cases:
+        lines = _run_main(args, tmp_path / "out", capsys)
+        assert lines == [f"error: resume_from='{path}' is invalid: {why}"]
+    assert not (tmp_path / "out" / "outputs" / "cache").exists()
+
+
+def test_a_checkpoint_of_this_method_or_of_an_unknown_one_is_accepted(tmp_path: Path):
+    from rlhf_exp.config.schema import check_checkpoint_of
+
+    check_checkpoint_of(
+        "resume_from", str(_checkpoint(tmp_path / "a", "checkpoint-4", "dpo")), "dpo"
+    )
+    ppo = _checkpoint(tmp_path / "b", "step-4", "ppo")
+    check_checkpoint_of("resume_from", str(ppo), "ppo")
+    # no config.yaml beside it (copied out of its run): the method cannot be told, taken as is
+    check_checkpoint_of("resume_from", str(_checkpoint(tmp_path / "c", "step-4", None)), "sft")

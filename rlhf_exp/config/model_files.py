@@ -23,6 +23,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+# Written into a checkpoint dir (trainer `checkpoint-N`, PPO `step-N`) once it is saved whole:
+# a checkpoint without it was cut short (SIGKILL mid-save) and is never resumed from.
+CHECKPOINT_COMPLETE = "COMPLETE"
 # Pickle files transformers' Trainer writes beside a checkpoint and never loads.
 NOT_LOADED = {"training_args.bin"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")

@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rlhf_exp.config.data_files import resolve_data_files
-from rlhf_exp.config.model_files import kind, pickled_weights, unsafe_pickles
+from rlhf_exp.config.model_files import (
+    CHECKPOINT_COMPLETE,
+    kind,
+    pickled_weights,
+    unsafe_pickles,
+)
 from rlhf_exp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -753,6 +758,7 @@ def check_paths(run: RunConfig) -> None:
             check_model_dir(f"upstream.{stage}.path", path, run.model.allow_pickle_weights)
     if run.resume_from not in (None, "latest"):
         _require_dir("resume_from", run.resume_from, "'latest' or an existing checkpoint dir")
+        check_checkpoint_of("resume_from", run.resume_from, run.method.name)
         _check_pickles("resume_from", run.resume_from, Path(run.resume_from))
     elif run.resume_from == "latest":  # this run dir's checkpoints (trainers' checkpoint-N,
         # PPO's step-N), written by an earlier run of it
@@ -762,6 +768,39 @@ def check_paths(run: RunConfig) -> None:
     for key in ("log_dir", "cache_dir"):  # output_dir: Hydra has made it by now
         _check_dir_to_write(f"paths.{key}", getattr(run.paths, key))
     check_machine(run)
+
+
+def check_checkpoint_of(key: str, value: str, method: str) -> None:
+    """`value` must be a complete checkpoint (it holds `CHECKPOINT_COMPLETE`, written last)
+    that a run of `method` wrote. A checkpoint lives at `<run dir>/checkpoints/<name>`, and the
+    run dir's `config.yaml` names its method; without that file (a checkpoint copied elsewhere)
+    the method cannot be told and the checkpoint is taken as it is."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(value).expanduser()
+    if not (path / CHECKPOINT_COMPLETE).is_file():
+        raise ConfigError(
+            key,
+            value,
+            f"has no {CHECKPOINT_COMPLETE} marker (not a checkpoint, or one cut short while "
+            "saving); expected 'latest' or a complete checkpoint dir "
+            "(<run dir>/checkpoints/checkpoint-N or step-N)",
+        )
+    config_file = path.parent.parent / "config.yaml"
+    if path.parent.name != "checkpoints" or not config_file.is_file():
+        return
+    try:
+        config = yaml.safe_load(config_file.read_text())
+        written_by = config["method"]["name"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        log.warning("%s: cannot tell which method wrote it (%s: %s)", key, config_file, err)
+        return
+    if written_by != method:
+        raise ConfigError(
+            key, value, f"a checkpoint of method={written_by}; this run is method={method}"
+        )
 
 
 def check_run_mode(hydra: Any) -> None:
