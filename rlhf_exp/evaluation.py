@@ -109,7 +109,7 @@ def evaluate_policy(
     prompts = list(eval_prompts["prompt"])[: eval_spec.num_prompts or None]
     scorers = dict(extra_scorers or {})
     if gold_reward is not None:
-        scorers["gold_reward"] = get_reward(gold_reward)
+        scorers["gold_reward"] = get_reward(gold_reward, "dataset.gold_reward")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         rollout = ModelSampler(model, tokenizer, eval_spec).sample(prompts, greedy=False)
@@ -320,7 +320,7 @@ def evaluate_alignment(
     references = (
         list(eval_prompts["reference"])[:n] if "reference" in columns else [""] * len(prompts)
     )
-    gold_fn = get_reward(gold_reward) if gold_reward else None
+    gold_fn = get_reward(gold_reward, "dataset.gold_reward") if gold_reward else None
     sampler = policy if isinstance(policy, Sampler) else ModelSampler(policy, tokenizer, spec)
     measured = sampler.model is not None  # else the sampler states its KL
     if not measured and (sampler.kl is None or reference is None):

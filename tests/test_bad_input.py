@@ -123,6 +123,11 @@ CASES = [
         "method.trainer_kwargs.no_such_option=1 is invalid: not an option of TRL's RewardConfig",
     ),
     (
+        ["method=ppo", "method.reward=os:system"],
+        "method.reward='os:system' is invalid: takes (command); a reward function takes "
+        "(prompts, completions), two lists of str, and returns one float per completion",
+    ),
+    (
         ["method=ppo", "+method.trainer_kwargs.logging_first_step=true"],
         "method.trainer_kwargs={'logging_first_step': True} is invalid: method=ppo has no TRL "
         "config",

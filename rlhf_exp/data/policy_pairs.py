@@ -289,7 +289,7 @@ def _policy_pairs(task: Any, ctx: Any) -> tuple[Any, Any, dict[str, Any]]:
             run.model,
             train_prompts,
             test_prompts,
-            get_reward(spec.gold_reward),
+            get_reward(spec.gold_reward, "dataset.gold_reward"),
             n_labels=spec.n_labels,
             labelling=labelling,
             max_new_tokens=spec.pair_max_new_tokens,

@@ -216,7 +216,7 @@ def _run_curve(
     picked_by = np.asarray(score(repeated, texts), dtype=float).reshape(shape)
     scores = {"proxy": picked_by}
     if task.gold_reward is not None:
-        gold = get_reward(task.gold_reward)(repeated, texts)
+        gold = get_reward(task.gold_reward, "dataset.gold_reward")(repeated, texts)
         scores["gold"] = np.asarray(gold, dtype=float).reshape(shape)
     if rm_scorer is not None:
         rm = picked_by if score is rm_scorer else rm_scorer(repeated, texts)
@@ -270,7 +270,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> dict[str, Any]:
     sft = load_causal_lm(sft_dir, cfg.model, tokenizer=tokenizer).eval()
     # One reward model, loaded once: it picks (reward=model) and scores eval/rm_reward.
     rm_scorer = ctx.reward_scorer() if reward_name is None or cfg.eval.reward_model else None
-    score = rm_scorer if reward_name is None else get_reward(reward_name)
+    score = rm_scorer if reward_name is None else get_reward(reward_name, "method.reward")
     prompts = min(len(task.eval_prompts), cfg.eval.num_prompts or len(task.eval_prompts))
     log.info(
         "best_of_n: %d prompts x n=%d samples, picked by %s; KL <= %.3f nats",

@@ -303,7 +303,11 @@ def run_online(cfg: RunConfig, ctx: RunContext, algorithm: OnlineAlgorithm) -> d
     task = ctx.task(tokenizer)
     train = training_prompts(ctx, task, tokenizer, spec)
     args = algorithm.config(spec, ctx, tokenizer.pad_token_id)
-    score = ctx.reward_scorer(args.device) if reward_name is None else get_reward(reward_name)
+    score = (
+        ctx.reward_scorer(args.device)
+        if reward_name is None
+        else get_reward(reward_name, "method.reward")
+    )
     # TRL logs it as rewards/<name>/mean: a registered name, the function of a path, or the RM
     reward = RewardFunction(score, (reward_name or "reward_model").rpartition(":")[2])
 

@@ -70,5 +70,5 @@ def test_registered_function_is_returned(monkeypatch: pytest.MonkeyPatch) -> Non
     def length_reward(prompts: list[str], completions: list[str]) -> list[float]:
         return [float(len(c)) for c in completions]
 
-    assert get_reward("length_reward") is length_reward
+    assert get_reward("length_reward").fn is length_reward
     assert "length_reward" in reward_names()

@@ -10,7 +10,7 @@ from rlhf_exp.rewards.gold import vader_sentiment
 
 
 def test_an_import_path_gives_the_function_itself():
-    assert get_reward("rlhf_exp.rewards.gold:vader_sentiment") is vader_sentiment
+    assert get_reward("rlhf_exp.rewards.gold:vader_sentiment").fn is vader_sentiment
     assert resolve_reward("rlhf_exp.rewards.gold:vader_sentiment", None).endswith(
         ":vader_sentiment"
     )

@@ -139,7 +139,7 @@ def run(cfg: RunConfig, ctx: Any) -> dict[str, Any]:
     if reward_fn_name is None:
         score_fn = ctx.reward_scorer(accelerator.device)
     else:
-        score_fn = get_reward(reward_fn_name)
+        score_fn = get_reward(reward_fn_name, "method.reward")
     model = PolicyAndValue(policy, critic, hidden_size(policy)).eval()  # dropout off for good
     if resume is not None:  # before prepare(): sharding and ZeRO's fp32 copy start from them
         checkpoint.load_weights(resume, model)
