@@ -32,11 +32,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # transformers 5 renamed `gradient_checkpointing` and warns (FutureWarning) in every run that
-# sets the old name, which TRL's configs default to True; either name is the user's to pass.
-_CHECKPOINTING_NAMES = ("activation_checkpointing", "gradient_checkpointing")
+# sets the old name, which TRL's configs default to True; model.gradient_checkpointing sets it.
 _CHECKPOINTING = next(
     name
-    for name in _CHECKPOINTING_NAMES
+    for name in ("activation_checkpointing", "gradient_checkpointing")
     if name in {f.name for f in dataclasses.fields(TrainingArguments)}
 )
 
@@ -89,18 +88,16 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
 
 def trl_config(config_cls: type[T], spec: TrainSpec, ctx: RunContext, **own: Any) -> T:
     """A TRL `*Config`: the shared arguments (`trainer_args`), the method's own knobs, then
-    `method.trainer_kwargs`, any further option of that config, so the user's word is last.
+    `method.trainer_kwargs`, any further option of that config.
 
-    Unknown keys were refused before anything loaded (config.schema); a value TRL rejects is
-    one line naming `method.trainer_kwargs`.
+    Unknown keys, and keys a knob sets (`max_steps`, `seed`, ...) or rlhf-exp fixes
+    (`output_dir`, ...), were refused before anything loaded (config.schema), so trainer_kwargs
+    only add what no knob reaches; a value TRL rejects is one line naming
+    `method.trainer_kwargs`.
     """
     # Every TRL trainer is configured here first, so its fused LM head is set before it runs
     install_cpu_lm_head()
-    ours = {**trainer_args(spec, ctx), **own}
-    if any(name in spec.trainer_kwargs for name in _CHECKPOINTING_NAMES):
-        # the new name would silently outrank the old one the user may have used
-        ours = {k: v for k, v in ours.items() if k not in _CHECKPOINTING_NAMES}
-    kwargs = {**ours, **spec.trainer_kwargs}
+    kwargs = {**trainer_args(spec, ctx), **own, **spec.trainer_kwargs}
     if not spec.trainer_kwargs:
         return config_cls(**kwargs)
     try:

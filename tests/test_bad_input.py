@@ -123,6 +123,16 @@ CASES = [
         "method.trainer_kwargs.no_such_option=1 is invalid: not an option of TRL's RewardConfig",
     ),
     (
+        ["method=sft", "+method.trainer_kwargs.max_steps=3"],
+        "method.trainer_kwargs.max_steps=3 is invalid: method.max_steps sets it; use "
+        "method.max_steps",
+    ),
+    (
+        ["+method.trainer_kwargs.learning_rate=-5"],
+        "method.trainer_kwargs.learning_rate=-5 is invalid: method.learning_rate sets it; use "
+        "method.learning_rate",
+    ),
+    (
         ["method=ppo", "method.reward=os:system"],
         "method.reward='os:system' is invalid: takes (command); a reward function takes "
         "(prompts, completions), two lists of str, and returns one float per completion",

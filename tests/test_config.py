@@ -209,14 +209,84 @@ def test_trainer_kwargs_reach_the_trl_config_last(compose_cfg, tmp_path):
         compose_cfg(
             "method=sft",
             "+method.trainer_kwargs.logging_first_step=true",
-            "+method.trainer_kwargs.max_grad_norm=0.5",  # beats the shared argument
+            "+method.trainer_kwargs.dataloader_num_workers=1",  # beats the shared default
         )
     )
     tracker = Tracker(tmp_path, tensorboard=False, writes=False)
     ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker)
     args = trl_config(SFTConfig, run.method, ctx, max_length=run.method.max_length)
-    assert args.logging_first_step is True and args.max_grad_norm == 0.5
+    assert args.logging_first_step is True and args.dataloader_num_workers == 1
     assert args.max_length == run.method.max_length
+
+
+# What trainer_kwargs may still change of what rlhf-exp sets: defaults no knob reaches.
+TRAINER_KWARGS_ALLOWED = {"disable_tqdm", "dataloader_num_workers", "dataloader_pin_memory"}
+TRAINER_KWARGS_ALLOWED |= {"use_cpu"}
+
+
+def test_trainer_kwargs_cannot_outrank_a_knob_or_what_rlhf_exp_fixes(compose_cfg, tmp_path):
+    """Every option `trainer_args` sets is either a knob's (refused: `use <the knob>`), fixed
+    by rlhf-exp (refused with the reason), or in TRAINER_KWARGS_ALLOWED: a new shared argument
+    fails here until it is sorted into one of them."""
+    from rlhf_exp.artifacts import ArtifactCache
+    from rlhf_exp.context import RunContext
+    from rlhf_exp.tracking import Tracker
+    from rlhf_exp.training import trainer_args
+
+    run = validate(compose_cfg("method=sft"))
+    tracker = Tracker(tmp_path, tensorboard=False, writes=False)
+    ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker)
+    refused = []
+    for key in trainer_args(run.method, ctx):
+        cfg = compose_cfg("method=sft", f"+method.trainer_kwargs.{key}=1")
+        if key in TRAINER_KWARGS_ALLOWED:
+            assert validate(cfg).method.trainer_kwargs == {key: 1}
+            continue
+        with pytest.raises(ConfigError, match=rf"^method.trainer_kwargs.{key}=1 is invalid: "):
+            validate(cfg)
+        refused.append(key)
+    assert {"output_dir", "max_steps", "learning_rate", "seed", "bf16"} <= set(refused)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "valid"),
+    [
+        (["method=sft", "+method.trainer_kwargs.max_steps=3"], "method.max_steps sets it; use "),
+        (["method=dpo", "+method.trainer_kwargs.beta=0.5"], "method.beta sets it; use method.beta"),
+        (
+            ["method=grpo", "+method.trainer_kwargs.num_generations=2"],
+            "method.num_generations sets it; use method.num_generations",
+        ),
+        (
+            ["method=online_dpo", "+method.trainer_kwargs.max_new_tokens=8"],
+            "method.max_completion_length sets it; use method.max_completion_length",
+        ),
+        (
+            ["method=kto", "+method.trainer_kwargs.warmup_steps=3"],
+            "method.warmup_ratio sets it; use method.warmup_ratio",
+        ),
+        (
+            ["method=rloo", "+method.trainer_kwargs.gradient_checkpointing=true"],
+            "model.gradient_checkpointing sets it; use model.gradient_checkpointing",
+        ),
+        (
+            ["method=reward", "+method.trainer_kwargs.output_dir=/tmp/elsewhere"],
+            "rlhf-exp checkpoints into <run dir>/checkpoints; choose the run dir with "
+            "hydra.run.dir",
+        ),
+    ],
+)
+def test_trainer_kwargs_of_a_knob_are_refused_at_validation(compose_cfg, overrides, valid):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(*overrides))
+    assert str(err.value).split(" is invalid: ", 1)[1].startswith(valid)
+
+
+def test_trainer_kwargs_reach_options_no_knob_sets(compose_cfg):
+    spec = validate(compose_cfg("method=grpo", "+method.trainer_kwargs.top_p=0.9")).method
+    assert spec.trainer_kwargs == {"top_p": 0.9}
+    spec = validate(compose_cfg("method=dpo", "+method.trainer_kwargs.use_weighting=true")).method
+    assert spec.trainer_kwargs == {"use_weighting": True}
 
 
 def test_sweep_job_dirs_are_one_path_component_even_for_path_overrides():

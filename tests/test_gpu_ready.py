@@ -210,22 +210,22 @@ def test_trainers_get_gradient_checkpointing_from_the_model_group(compose_cfg, t
     from rlhf_exp.tracking import Tracker
     from rlhf_exp.training import trl_config
 
-    def args(*overrides: str, warns: bool = False) -> RewardConfig:
+    def args(*overrides: str) -> RewardConfig:
         run = validate(compose_cfg("model=gpt2", *overrides))
         tracker = Tracker(tmp_path, tensorboard=False, writes=False)
         ctx = RunContext(run, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker)
         with warnings.catch_warnings():
-            # transformers' renamed argument: ours never warns, a user's old name does
-            warnings.simplefilter("default" if warns else "error", FutureWarning)
+            # transformers' renamed argument: ours never warns
+            warnings.simplefilter("error", FutureWarning)
             return trl_config(RewardConfig, run.method, ctx)
 
     assert args().gradient_checkpointing is True  # the 124M presets' default
     assert args("model.gradient_checkpointing=false").gradient_checkpointing is False
-    # the user's word is last, under either of transformers' names
+    # model.gradient_checkpointing is the one knob: trainer_kwargs may not outrank it under
+    # either of transformers' names
     for name in ("gradient_checkpointing", "activation_checkpointing"):
-        user_off = args(f"+method.trainer_kwargs.{name}=false", warns=name.startswith("grad"))
-        assert user_off.gradient_checkpointing is False
-        assert user_off.activation_checkpointing is False
+        with pytest.raises(ConfigError, match="use model.gradient_checkpointing"):
+            validate(compose_cfg("model=gpt2", f"+method.trainer_kwargs.{name}=false"))
     run = validate(compose_cfg("model=tiny"))
     assert run.model.gradient_checkpointing is False  # the tiny default: nothing to save
 

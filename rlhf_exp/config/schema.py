@@ -677,8 +677,42 @@ def check_machine(run: RunConfig) -> None:
         )
 
 
+# TRL options that rlhf-exp sets itself (training.trainer_args and the methods' own configs)
+# from a knob of another name, or that its own machinery depends on: `method.trainer_kwargs`
+# may not set them, or the knob (validated, recorded, swept) would be silently outranked. An
+# option named like a field of the method's schema is refused as well ("use method.<it>").
+# Options set only as CPU-sane or comparability defaults with no knob of their own
+# (dataloader_num_workers, disable_tqdm, use_cpu, top_k, top_p, generation_kwargs, ...) stay
+# the user's to change: trainer_kwargs is the only way to reach them.
+TRAINER_KWARGS_KNOBS: dict[str, str] = {
+    "seed": "seed",
+    "data_seed": "seed",
+    "bf16": "model.precision",
+    "fp16": "model.precision",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "activation_checkpointing": "model.gradient_checkpointing",
+    "warmup_steps": "method.warmup_ratio",
+    "train_sampling_strategy": "method.group_by_length",
+    "max_new_tokens": "method.max_completion_length",
+    "resume_from_checkpoint": "resume_from",
+    "eval_strategy": "method.eval_steps",
+    "save_strategy": "method.save_steps",
+    "report_to": "logger",
+}
+# ... and the options its machinery needs as they are, with the reason.
+TRAINER_KWARGS_FIXED: dict[str, str] = {
+    "output_dir": "rlhf-exp checkpoints into <run dir>/checkpoints; choose the run dir with "
+    "hydra.run.dir",
+    "save_total_limit": "rlhf-exp keeps 2 checkpoints, so a resume survives a save cut short",
+    "include_num_input_tokens_seen": "rlhf-exp sets it to count the real tokens of "
+    "throughput/tokens_*",
+}
+
+
 def _check_trainer_kwargs(spec: TrainSpec) -> None:
-    """Every key must be an option of the method's TRL config (imported only when used)."""
+    """Every key must be an option of the method's TRL config (imported only when used) that
+    no knob sets (the method's schema fields, `TRAINER_KWARGS_KNOBS`) and that
+    rlhf-exp does not fix (`TRAINER_KWARGS_FIXED`)."""
     if spec.TRL_CONFIG is None:
         raise ConfigError(
             "method.trainer_kwargs", spec.trainer_kwargs, f"method={spec.name} has no TRL config"
@@ -688,11 +722,17 @@ def _check_trainer_kwargs(spec: TrainSpec) -> None:
     module, _, name = spec.TRL_CONFIG.partition(":")
     config_cls = getattr(importlib.import_module(module), name)
     valid = {f.name for f in dataclasses.fields(config_cls)}
+    own = {f.name for f in dataclasses.fields(spec)}
     for key, value in spec.trainer_kwargs.items():
         if key not in valid:
             raise ConfigError(
                 f"method.trainer_kwargs.{key}", value, f"not an option of TRL's {name}"
             )
+        knob = f"method.{key}" if key in own else TRAINER_KWARGS_KNOBS.get(key)
+        if knob is not None:
+            raise ConfigError(f"method.trainer_kwargs.{key}", value, f"{knob} sets it; use {knob}")
+        if key in TRAINER_KWARGS_FIXED:
+            raise ConfigError(f"method.trainer_kwargs.{key}", value, TRAINER_KWARGS_FIXED[key])
 
 
 def _check_split_map(key: str, mapping: dict[str, str], target: str) -> None:
