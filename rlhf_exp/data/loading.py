@@ -41,6 +41,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib
+import json
 import logging
 import os
 import random
@@ -53,7 +54,7 @@ import pandas as pd
 from datasets import Dataset
 
 from rlhf_exp.artifacts import ArtifactCache
-from rlhf_exp.config.data_files import file_format, is_glob, resolve_data_files
+from rlhf_exp.config.data_files import extension, file_format, is_glob, resolve_data_files
 from rlhf_exp.config.schema import DatasetSpec
 from rlhf_exp.data.formats import (
     normalize_eval_prompts,
@@ -194,10 +195,33 @@ def _load_files(split: str, value: str, cache_dir: Path) -> Dataset:
             raise UserError(f"{where} is not UTF-8; re-save it as UTF-8") from None
         if "corresponds to no data" in str(err):  # e.g. a CSV with only a header
             raise UserError(f"{where} has no rows; dataset split {split!r} needs rows") from None
+        if (bad := _first_bad_json_line(files)) is not None:
+            raise UserError(f"{where} could not be read as JSON Lines: {bad}") from None
         raise UserError(
             f"{where} could not be read as {fmt}: {_one_line(err, innermost=True)}"
         ) from None
     return ds
+
+
+def _first_bad_json_line(files: list[Path]) -> str | None:
+    """`line N of FILE is not JSON (...)` for the first such line of JSON Lines `files`.
+
+    The reader's own error names no line: pyarrow's is logged, and its pandas fallback's
+    ("Trailing data") is about the whole file.
+    """
+    for path in files:
+        if extension(path) not in (".jsonl", ".jsonl.gz"):
+            continue
+        opener = gzip.open if extension(path).endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line.rstrip("\r\n"))
+                except ValueError as err:
+                    return f"line {number} of {path.name} is not JSON ({err})"
+    return None
 
 
 def reader_options(files: list[Path], where: str) -> dict[str, Any]:

@@ -212,12 +212,20 @@ def test_csv_shards_of_a_split_need_the_same_columns(tmp_path):
         load_task(files_spec(preference=tmp_path / "d"), None, tmp_path / "c")
 
 
-def test_malformed_file_is_a_one_line_error(tmp_path, bpe_tokenizer):
+def test_malformed_file_is_a_one_line_error_naming_the_line(tmp_path, bpe_tokenizer):
     path = tmp_path / "broken.jsonl"
-    path.write_text('{"prompt": "a", "chosen": " b"\nnot json\n')
+    good = '{"prompt": "q", "chosen": "b", "rejected": "c"}\n'
+    path.write_text(good * 100 + '{"prompt": "a", "chosen": " b"\n' + good)
     with pytest.raises(UserError) as err:
         load_task(files_spec(preference=path), bpe_tokenizer, tmp_path)
-    assert "dataset.data_files.preference=" in str(err.value)
+    assert str(err.value) == (
+        f"dataset.data_files.preference={str(path)!r} could not be read as JSON Lines: line 101 "
+        "of broken.jsonl is not JSON (Expecting ',' delimiter: line 1 column 31 (char 30))"
+    )
+    whole = tmp_path / "broken.json"  # one JSON document: no line to name
+    whole.write_text('{"prompt": "a", "chosen": " b"\nnot json\n')
+    with pytest.raises(UserError) as err:
+        load_task(files_spec(preference=whole), bpe_tokenizer, tmp_path)
     assert "could not be read as json: ValueError" in str(err.value)
     assert "\n" not in str(err.value)
 
