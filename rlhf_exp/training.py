@@ -48,6 +48,7 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
     (off by default); bf16 follows `model.precision` (settled for this machine if `auto`;
     benchmarks/NOTES.md: what bf16 gains).
     """
+    _warn_if_all_warmup(spec)
     return {
         "output_dir": str(ctx.checkpoint_dir),
         "seed": ctx.run.seed,
@@ -84,6 +85,22 @@ def trainer_args(spec: TrainSpec, ctx: RunContext) -> dict[str, Any]:
         # on the full data instead of as ranks of one (gloo) group.
         "use_cpu": not torch.cuda.is_available(),
     }
+
+
+def _warn_if_all_warmup(spec: TrainSpec) -> None:
+    """transformers' warmup is ceil(ratio x steps) steps from learning rate 0: a run that
+    short is all warmup, and one of a single step does not train at all."""
+    if spec.max_steps <= 0 or spec.warmup_ratio <= 0:
+        return
+    warmup = math.ceil(spec.warmup_ratio * spec.max_steps)
+    if warmup >= spec.max_steps:
+        log.warning(
+            "method.warmup_ratio=%g makes all %d steps warmup, which starts from learning rate "
+            "0: this run trains %s; set method.warmup_ratio=0 for runs this short",
+            spec.warmup_ratio,
+            spec.max_steps,
+            "nothing" if spec.max_steps == 1 else "less than asked",
+        )
 
 
 def trl_config(config_cls: type[T], spec: TrainSpec, ctx: RunContext, **own: Any) -> T:

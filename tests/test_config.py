@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,21 @@ def test_sweep_job_dirs_are_one_path_component_even_for_path_overrides():
     )
     hydra = yaml.safe_load((CONF_DIR / "hydra" / "default.yaml").read_text())
     assert hydra["sweep"]["subdir"] == "${path_safe:${hydra.job.override_dirname}}"
+
+
+@pytest.mark.parametrize(("steps", "ratio", "said"), [(1, 0.05, "nothing"), (20, 0.05, None)])
+def test_a_run_that_is_all_warmup_is_warned_about(caplog, steps, ratio, said):
+    from rlhf_exp.config.schema import method_spec
+    from rlhf_exp.training import _warn_if_all_warmup
+
+    caplog.set_level(logging.WARNING, logger="rlhf_exp.training")
+    _warn_if_all_warmup(method_spec("sft", {"max_steps": steps, "warmup_ratio": ratio}))
+    lines = [r.getMessage() for r in caplog.records if r.name == "rlhf_exp.training"]
+    if said is None:  # ceil(0.05 x 20) = 1 warmup step of 20
+        assert lines == []
+    else:
+        assert lines == [
+            f"method.warmup_ratio={ratio:g} makes all {steps} steps warmup, which starts from "
+            f"learning rate 0: this run trains {said}; set method.warmup_ratio=0 for runs this "
+            "short"
+        ]
