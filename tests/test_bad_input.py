@@ -27,6 +27,14 @@ CASES = [
         "method.gradient_accumulation_steps=0 is invalid: must be >= 1",
     ),
     (["method.max_steps=-5"], "method.max_steps=-5 is invalid: must be >= -1"),
+    (
+        ["method.max_steps=0"],
+        "method.max_steps=0 is invalid: must be -1 (num_train_epochs decides) or at least 1",
+    ),
+    (
+        ["method=ppo", "method.max_steps=0"],
+        "method.max_steps=0 is invalid: must be -1 (num_train_epochs decides) or at least 1",
+    ),
     (["method.warmup_ratio=1.5"], "method.warmup_ratio=1.5 is invalid: must be < 1"),
     (
         ["method.lr_scheduler_type=exponential"],

@@ -25,7 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf_exp.config.schema import BATCH, MAX_BATCH, MAX_TOKENS, TOKENS, TrainSpec, _f
+from rlhf_exp.config.schema import (
+    BATCH,
+    MAX_BATCH,
+    MAX_TOKENS,
+    TOKENS,
+    TrainSpec,
+    _f,
+    check_max_steps,
+)
 from rlhf_exp.errors import ConfigError
 
 
@@ -80,6 +88,7 @@ class PPOSpec(TrainSpec):
 
     def __post_init__(self) -> None:
         # No TrainSpec check of max_completion_length: response_length is PPO's completion cap.
+        check_max_steps(self)
         minibatch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.rollout_batch_size % minibatch:
             raise ConfigError(

@@ -235,12 +235,21 @@ class TrainSpec:
     TRAINS_ON_UNPAIRED: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        check_max_steps(self)
         if self.max_completion_length >= self.max_length:
             raise ConfigError(
                 "method.max_completion_length",
                 self.max_completion_length,
                 f"must be < method.max_length={self.max_length} (room for the prompt)",
             )
+
+
+def check_max_steps(spec: TrainSpec) -> None:
+    """0 steps would pass the range check, and transformers would then train by epochs."""
+    if spec.max_steps == 0:
+        raise ConfigError(
+            "method.max_steps", 0, "must be -1 (num_train_epochs decides) or at least 1"
+        )
 
 
 @dataclass
