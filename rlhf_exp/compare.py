@@ -339,8 +339,9 @@ def markdown_table(jobs: list[Job], score: Score | None = None) -> str:
         cells = [method, knob, str(len(members))]
         for key, _ in cols:
             vals = [j.metrics[key] for j in members if isinstance(j.metrics.get(key), (int, float))]
-            std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.fmean(vals):.4g} ± {std:.2g}" if vals else "")
+            mean = f"{statistics.fmean(vals):.4g}" if vals else ""
+            # one seed has no spread to show: "± 0" would claim one
+            cells.append(f"{mean} ± {statistics.pstdev(vals):.2g}" if len(vals) > 1 else mean)
         agg.append("| " + " | ".join(cells) + " |")
     common = []
     if shared:  # said once, not in every row
@@ -677,7 +678,8 @@ def build_report(sweep_dir: Path, interrupted: str | None = None) -> Path:
         )
         if p is not None
     ]
-    counts = f"{len(jobs)} runs, {sum(j.status == 'failed' for j in jobs)} failed"
+    counts = f"{len(jobs)} run{'s' * (len(jobs) != 1)}, "
+    counts += f"{sum(j.status == 'failed' for j in jobs)} failed"
     for status in ("interrupted", "running"):
         if any(j.status == status for j in jobs):
             counts += f", {sum(j.status == status for j in jobs)} {status}"

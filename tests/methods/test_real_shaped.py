@@ -225,7 +225,7 @@ def test_a_sweep_rerun_on_edited_data_keeps_no_stale_result(tmp_path, shared_cac
     line = "(dataset.data_files.preference changed since)"
     assert metrics["status"] == "failed" and line in metrics["error"]
     report = (sweep / "comparison.md").read_text()
-    assert "1 runs, 1 failed" in report, report
+    assert "1 run, 1 failed" in report, report
 
 
 def forwards_inside(monkeypatch, phase: str, grad: bool) -> list[int]:
