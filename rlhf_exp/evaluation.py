@@ -421,10 +421,13 @@ def final_evaluation(
     if rm_scorer is None and run.eval.reward_model:
         rm_scorer = ctx.reward_scorer()
     if task.gold_reward is None:
+        scored = "the learned reward model's score (eval/rm_reward, win_rate_rm), " * (
+            rm_scorer is not None
+        )
         log.info(
-            "dataset %r has no gold reward: the evaluation reports the learned reward model's "
-            "score (eval/rm_reward, win_rate_rm), KL, length and diversity",
+            "dataset %r has no gold reward: the evaluation reports %sKL, length and diversity",
             run.dataset.name,
+            scored,
         )
     per_prompt: dict[str, list[float]] = {}
     with compute_precision(run.model.precision):
