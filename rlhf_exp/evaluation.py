@@ -261,24 +261,30 @@ def _side_metrics(side: _Side, references: list[str], seed: int) -> dict[str, fl
 def samples_table(
     prompts: list[str], references: list[str], policy: _Side, reference: _Side, rows: int = 8
 ) -> str:
-    """Markdown: prompt, reference completion, SFT and policy completions, gold scores."""
+    """Markdown: prompt, reference completion, SFT and policy completions, and their scores:
+    gold, else the reward model's (a user's data has no gold reward), else none."""
 
     def cell(text: str, keep: int = 0) -> str:
         if keep and len(text) > keep:  # a long dialogue: its end is what the reply answers
             text = "…" + text[-keep:]
         return text.replace("|", "\\|").replace("\n", " ").strip()
 
-    lines = [
-        "| prompt | reference | SFT | policy | gold SFT | gold policy |",
-        "|---|---|---|---|---|---|",
-    ]
+    name, mine, theirs = next(
+        (
+            (name, getattr(policy, attr), getattr(reference, attr))
+            for name, attr in (("gold", "gold"), ("RM", "rm"))
+            if getattr(policy, attr) and getattr(reference, attr)
+        ),
+        (None, None, None),
+    )
+    head = ["prompt", "reference", "SFT", "policy"]
+    head += [f"{name} SFT", f"{name} policy"] if name else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i in range(min(rows, len(prompts))):
-        gold = (f"{reference.gold[i]:.2f}", f"{policy.gold[i]:.2f}") if policy.gold else ("", "")
-        lines.append(
-            f"| {cell(prompts[i], keep=300)} | {cell(references[i])} | "
-            f"{cell(reference.samples.completions[i])} | "
-            f"{cell(policy.samples.completions[i])} | {gold[0]} | {gold[1]} |"
-        )
+        cells = [cell(prompts[i], keep=300), cell(references[i])]
+        cells += [cell(reference.samples.completions[i]), cell(policy.samples.completions[i])]
+        cells += [f"{theirs[i]:.2f}", f"{mine[i]:.2f}"] if name else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

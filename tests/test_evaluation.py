@@ -131,3 +131,17 @@ def test_samples_table_escapes_pipes_and_line_breaks():
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| prompt | reference | SFT | policy |")
     assert lines[2] == "| a \\| b | ref | x y | good | 0.10 | 0.50 |"
+
+
+def test_samples_table_shows_the_reward_models_scores_without_a_gold_reward():
+    from rlhf_exp.evaluation import _Side, samples_table
+
+    def side(text: str, rm: list[float] | None) -> _Side:
+        return _Side(Samples(["p"], [text], [1], [True]), None, None, rm)
+
+    table = samples_table(["p"], ["ref"], side("mine", [1.25]), side("sft", [-0.5]))
+    assert table.splitlines()[0] == "| prompt | reference | SFT | policy | RM SFT | RM policy |"
+    assert table.splitlines()[2] == "| p | ref | sft | mine | -0.50 | 1.25 |"
+    bare = samples_table(["p"], ["ref"], side("mine", None), side("sft", None))
+    assert bare.splitlines()[0] == "| prompt | reference | SFT | policy |"
+    assert bare.splitlines()[2] == "| p | ref | sft | mine |"

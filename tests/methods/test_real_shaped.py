@@ -105,6 +105,7 @@ def test_dpo_without_gold_reward_evaluates_with_the_reward_model(run_method, tmp
     assert (run_dir / "model" / "model.safetensors").is_file()
     samples = (run_dir / "samples.md").read_text()
     assert "Assistant:" in samples  # evaluation prompts are held-out dialogue prompts
+    assert "| RM SFT | RM policy |" in samples  # no gold reward: the reward model's scores
 
 
 def test_ppo_rolls_out_and_evaluates_long_dialogue_prompts(run_method, tmp_path):
