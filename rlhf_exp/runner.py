@@ -289,14 +289,15 @@ def _data_text(run: RunConfig) -> str:
 
 def _changed_data(run_dir: Path, data_text: str) -> list[str]:
     """The data splits whose files differ from those the run in `run_dir` used, e.g.
-    `["dataset.data_files.preference"]`; none for a dir written before data.json existed."""
+    `["dataset.data_files.preference"]`; none for a dir written before data.json existed.
+    (Only files can differ under one config: a hub dataset's fingerprint is its config.)"""
     try:
         then = json.loads((run_dir / DATA_FILE).read_text())
     except (OSError, ValueError):
         return []
     now = json.loads(data_text)
     splits = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
-    return [f"dataset.data_files.{k}" if "hub" not in k else f"dataset.{k}" for k in splits]
+    return [f"dataset.data_files.{k}" for k in splits]
 
 
 # What Hydra itself writes into the run dir before the run starts, and the lock: never
